@@ -1,0 +1,53 @@
+"""Shared test helpers: conformance vectors (copied from shared/conformance) and tiny configs."""
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+CONFORMANCE = Path(__file__).parent / "conformance"
+
+_spec = importlib.util.spec_from_file_location("conformance_fill", CONFORMANCE / "fill.py")
+fill = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fill)
+
+
+class Vector:
+    """One conformance vector: manifest, official state dict and stored tensors."""
+
+    def __init__(self, name):
+        self.name = name
+        self.manifest = json.loads((CONFORMANCE / f"{name}.json").read_text())
+        self.tensors = torch.load(CONFORMANCE / f"{name}.pt", weights_only=True)
+
+    @property
+    def config(self):
+        return self.manifest["config"]
+
+    def state_dict(self):
+        return fill.fill_state_dict(self.manifest)
+
+    def tolerance(self, key):
+        return self.manifest["tensors"][key]["tolerance"]
+
+    def check(self, key, actual):
+        """Elementwise |ours - ref| <= atol + rtol*|ref| with the manifest's tolerance."""
+        ref = self.tensors[key]
+        assert actual.shape == ref.shape, f"{key}: shape {tuple(actual.shape)} != {tuple(ref.shape)}"
+        tol = self.tolerance(key)
+        err = (actual.double() - ref.double()).abs()
+        bound = tol["atol"] + tol["rtol"] * ref.double().abs()
+        worst = (err / bound).max().item()
+        assert worst <= 1.0, f"{self.name}/{key}: max error is {worst:.2f}x the tolerance {tol}"
+
+
+@pytest.fixture
+def vector():
+    return Vector
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
