@@ -1,0 +1,181 @@
+"""What pSp, e4e and IDInvert share: image -> encoder -> (+ latent_avg) -> generator, the
+reconstruction losses, validation metrics, image grids and the official-layout export."""
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+import torchmetrics
+from torch import nn
+
+from ..checkpoints.safe import save_atomic
+from ..losses import IDLoss, MocoLoss, w_norm
+from .base import check_precision, log_grid
+
+PSP_CROP = (35, 223, 32, 220)  # pSp's face crop on 256 px images (ID and *_crop losses)
+
+
+def crop_face(img):
+    """pSp's [35:223, 32:220] crop, scaled to the image size: [B, C, H, W] -> [B, C, h, w]."""
+    h, w = img.shape[-2:]
+    t, b, l, r = PSP_CROP
+    return img[:, :, t * h // 256:b * h // 256, l * w // 256:r * w // 256]
+
+
+class EncoderMethod(pl.LightningModule):
+    """Encoder-based inversion: ``codes = E(x) (+ latent_avg)``, ``y_hat = G.synthesis(codes)``.
+
+    Batches are dicts with ``x`` (encoder input [B, input_nc, H, W]) and ``y`` (target image
+    [B, 3, H, W] in [-1, 1]). Generator outputs larger than the target are average-pooled to
+    it (pSp's ``face_pool``). Loss weights follow the official option names (``*_lambda``);
+    a weight of 0 skips the loss and never builds its network.
+    """
+
+    encoder_type = None  # official ``opts.encoder_type`` written on export
+
+    def __init__(self, generator, encoder, start_from_latent_avg=True, train_decoder=False,
+                 lr=1e-4, optimizer="ranger", l2_lambda=1.0, lpips_lambda=0.8, id_lambda=0.0,
+                 moco_lambda=0.0, w_norm_lambda=0.0, l2_lambda_crop=0.0, lpips_lambda_crop=0.0,
+                 lpips=None, id_weights=None, moco_weights=None, train_noise_mode="random",
+                 image_every=250, n_mean_latent=10000):
+        super().__init__()
+        self.save_hyperparameters(ignore=["generator", "encoder", "lpips"])
+        self.generator = generator
+        self.generator.requires_grad_(train_decoder)
+        self.encoder = encoder
+        if generator.latent_avg is not None:
+            avg = generator.latent_avg.reshape(-1, generator.style_dim)[-1]
+        else:
+            avg = generator.mean_latent(n_mean_latent, seed=0)[0]
+        self.register_buffer("latent_avg", avg.expand(generator.n_latent, -1).clone())
+        needs_lpips = lpips_lambda > 0 or lpips_lambda_crop > 0
+        if needs_lpips and lpips is None:
+            raise ValueError("method: lpips_lambda > 0 needs a loss.lpips network")
+        self.lpips = lpips
+        self.id_loss = IDLoss(id_weights) if id_lambda > 0 else None
+        self.moco_loss = MocoLoss(moco_weights) if moco_lambda > 0 else None
+        self.val_metrics = nn.ModuleDict({
+            "psnr": torchmetrics.image.PeakSignalNoiseRatio(data_range=1.0),
+            "ssim": torchmetrics.image.StructuralSimilarityIndexMeasure(data_range=1.0),
+            "mse": torchmetrics.MeanMetric(),
+        })
+        if self.lpips is not None:
+            self.val_metrics["lpips"] = torchmetrics.MeanMetric()
+
+    # -- inversion ----------------------------------------------------------------------
+    def encode(self, x):
+        """x [B, input_nc, H, W] -> W+ codes [B, n_latent, D] (latent_avg added if configured)."""
+        codes = self.encoder(x)
+        if codes.ndim == 2:  # learn_in_w encoders predict one w
+            codes = self.generator.broadcast(codes)
+        if self.hparams.start_from_latent_avg:
+            codes = codes + self.latent_avg
+        return codes
+
+    def decode(self, codes, noise_mode="const", size=None):
+        """W+ codes -> images [B, 3, S, S], pooled to ``size`` when the generator is larger."""
+        img = self.generator.synthesis(codes, noise_mode=noise_mode)
+        if size is not None and tuple(img.shape[-2:]) != tuple(size):
+            img = F.adaptive_avg_pool2d(img, size)
+        return img
+
+    def forward(self, x):
+        return self.decode(self.encode(x), size=x.shape[-2:])
+
+    # -- losses -------------------------------------------------------------------------
+    def reconstruction_loss(self, x, y, y_hat, codes):
+        """pSp ``calc_loss``: weighted L2, LPIPS, ID, MoCo, w-norm and their crop variants."""
+        hp = self.hparams
+        loss, logs = y_hat.new_zeros(()), {}
+
+        def add(name, weight, value):
+            nonlocal loss
+            loss = loss + weight * value
+            logs[name] = value.detach()
+
+        if hp.id_lambda > 0:
+            add("loss_id", hp.id_lambda, self.id_loss(y_hat, y, x)[0])
+        if hp.moco_lambda > 0:
+            add("loss_moco", hp.moco_lambda, self.moco_loss(y_hat, y, x)[0])
+        if hp.l2_lambda > 0:
+            add("loss_l2", hp.l2_lambda, F.mse_loss(y_hat, y))
+        if hp.lpips_lambda > 0:
+            add("loss_lpips", hp.lpips_lambda, self.lpips(y_hat, y))
+        if hp.l2_lambda_crop > 0:
+            add("loss_l2_crop", hp.l2_lambda_crop, F.mse_loss(crop_face(y_hat), crop_face(y)))
+        if hp.lpips_lambda_crop > 0:
+            add("loss_lpips_crop", hp.lpips_lambda_crop, self.lpips(crop_face(y_hat), crop_face(y)))
+        if hp.w_norm_lambda > 0:
+            add("loss_w_norm", hp.w_norm_lambda, w_norm(codes, self.latent_avg))
+        return loss, logs
+
+    def invert_batch(self, batch, noise_mode):
+        x, y = batch["x"], batch["y"]
+        codes = self.encode(x)
+        return x, y, codes, self.decode(codes, noise_mode=noise_mode, size=y.shape[-2:])
+
+    # -- validation / test --------------------------------------------------------------
+    def validation_step(self, batch, batch_idx):
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch, batch_idx):
+        self._evaluate(batch, batch_idx, "test")
+
+    @torch.no_grad()
+    def _evaluate(self, batch, batch_idx, stage):
+        x, y, codes, y_hat = self.invert_batch(batch, noise_mode="const")
+        loss, logs = self.reconstruction_loss(x, y, y_hat, codes)
+        y01, yh01 = (y.clamp(-1, 1) + 1) / 2, (y_hat.clamp(-1, 1) + 1) / 2
+        m = self.val_metrics
+        m["psnr"](yh01, y01)
+        m["ssim"](yh01, y01)
+        m["mse"](F.mse_loss(y_hat, y, reduction="none").mean((1, 2, 3)))
+        if "lpips" in m:
+            m["lpips"](self.lpips(y_hat, y, per_image=True))
+        self.log_dict({f"{stage}/{k}": v for k, v in m.items()}, on_epoch=True, sync_dist=True)
+        self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True)
+        if batch_idx == 0:
+            rows = [x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1), y_hat, y]
+            log_grid(self, f"{stage}/input_recon_target", [r[:8] for r in rows])
+
+    def log_train(self, logs, x, y, y_hat):
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False)
+        every = self.hparams.image_every
+        if every and self.global_step % every == 0:
+            log_grid(self, "train/input_recon_target", [x[:4, :3], y_hat[:4], y[:4]])
+
+    # -- optimisation -------------------------------------------------------------------
+    def setup(self, stage):
+        check_precision(self.trainer)
+
+    def trainable_parameters(self):
+        params = list(self.encoder.parameters())
+        if self.hparams.train_decoder:
+            params += list(self.generator.parameters())
+        return params
+
+    def on_train_epoch_start(self):
+        # Frozen nets stay in eval mode (BatchNorm statistics of a frozen G/ID net must not move).
+        if not self.hparams.train_decoder:
+            self.generator.eval()
+
+    # -- export -------------------------------------------------------------------------
+    def official_opts(self):
+        """The official ``opts`` dict (pSp/e4e key names) describing this model."""
+        g = self.generator
+        return {
+            "encoder_type": self.encoder_type,
+            "output_size": g.size, "stylegan_size": g.size, "n_styles": g.n_latent,
+            "start_from_latent_avg": bool(self.hparams.start_from_latent_avg),
+            "learn_in_w": False, "input_nc": getattr(self.encoder, "input_nc", 3), "label_nc": 0,
+            "encoder_num_layers": getattr(self.encoder, "num_layers", 50),
+            "encoder_mode": getattr(self.encoder, "mode", "ir_se"),
+            "generator": {"size": g.size, "style_dim": g.style_dim, "n_mlp": g.n_mlp,
+                          "channel_multiplier": g.channel_multiplier, "channel_max": g.channel_max},
+        }
+
+    def export(self, path):
+        """Write the official pSp/e4e checkpoint layout: ``state_dict`` (``encoder.*``,
+        ``decoder.*``), ``latent_avg`` [n_styles, D] and ``opts``."""
+        state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
+        state.update({f"decoder.{k}": v for k, v in self.generator.state_dict().items()})
+        save_atomic({"state_dict": state, "latent_avg": self.latent_avg.clone(),
+                     "opts": self.official_opts()}, path)
