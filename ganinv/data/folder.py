@@ -1,0 +1,218 @@
+"""Image-folder datasets and Lightning data modules yielding ``{"x": input, "y": target}`` batches."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+
+from ganinv.data.images import IMAGE_EXTENSIONS, load_image
+from ganinv.data.procedural import SPLITS, ProceduralFaces
+
+
+def list_images(root: str | os.PathLike) -> list[Path]:
+    """All image files under root, recursively, sorted by relative path; clear errors if there are none."""
+    root = Path(root)
+    if not root.exists():
+        raise FileNotFoundError(f"image directory not found: {root}")
+    if not root.is_dir():
+        raise NotADirectoryError(f"not a directory: {root}")
+    files = sorted(
+        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
+        key=lambda p: p.relative_to(root).as_posix(),
+    )
+    if not files:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
+    return files
+
+
+class ImageFolder(Dataset):
+    """Every image under root (recursive) -> [3, H, W] in [-1, 1].
+
+    size: int (square) or (h, w); images are center-cropped to that aspect and resized with antialiased
+    bilinear filtering. flip: random horizontal flip with probability 1/2 (torch's global RNG, which
+    Lightning seeds per worker).
+    """
+
+    def __init__(self, root: str | os.PathLike, size: int | tuple[int, int], flip: bool = False):
+        self.root, self.size, self.flip = Path(root), size, flip
+        self.paths = list_images(root)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> Tensor:
+        image = load_image(self.paths[index], self.size)
+        if self.flip and torch.rand(()) < 0.5:
+            image = image.flip(-1)
+        return image
+
+
+def split_indices(n: int, split: Sequence[float], seed: int = 0) -> tuple[list[int], list[int], list[int]]:
+    """Deterministic train/val/test partition of range(n) in proportion to split (normalised)."""
+    if len(split) != 3 or any(s < 0 for s in split) or sum(split) <= 0:
+        raise ValueError(f"split must be three non-negative ratios (train, val, test), got {tuple(split)}")
+    total = float(sum(split))
+    n_val, n_test = round(n * split[1] / total), round(n * split[2] / total)
+    n_train = n - n_val - n_test
+    if n_train <= 0 and split[0] > 0:
+        raise ValueError(f"{n} images are too few for split {tuple(split)}: no training images left")
+    order = torch.randperm(n, generator=torch.Generator().manual_seed(seed)).tolist()
+    return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
+
+
+def _item_generator(seed: int, split: str, index: int) -> torch.Generator:
+    state = np.random.SeedSequence([seed, SPLITS.index(split), index]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+class PairedDataset(Dataset):
+    """Wraps an image dataset into ``{"x": task(y), "y": y}`` items (x = y without a task).
+
+    Items of datasets returning (image, factors) also carry ``"factors"``. Outside the train split the
+    task's randomness comes from a generator seeded by (seed, split, index), so validation and test
+    inputs are the same every epoch.
+    """
+
+    def __init__(self, base: Dataset, task=None, split: str = "train", seed: int = 0):
+        if task is not None and not getattr(task, "from_target", False):
+            raise ValueError(
+                f"task {type(task).__name__} does not derive its input from the target image; "
+                "it needs paired inputs (e.g. label maps) that an image folder does not provide"
+            )
+        self.base, self.task, self.split, self.seed = base, task, split, seed
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def _pair(self, item, index: int) -> dict[str, Tensor]:
+        y, factors = item if isinstance(item, tuple) else (item, None)
+        if self.task is None:
+            x = y
+        else:
+            gen = None if self.split == "train" else _item_generator(self.seed, self.split, index)
+            x = self.task(y, generator=gen)
+        out = {"x": x, "y": y}
+        if factors is not None:
+            out["factors"] = factors
+        return out
+
+    def __getitem__(self, index: int) -> dict[str, Tensor]:
+        return self._pair(self.base[index], index)
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Tensor]]:
+        fetch = getattr(self.base, "__getitems__", None)
+        items = fetch(indices) if fetch is not None else [self.base[i] for i in indices]
+        return [self._pair(item, i) for item, i in zip(items, indices)]
+
+
+class _PairedDataModule(pl.LightningDataModule):
+    def __init__(self, batch_size: int, num_workers: int, seed: int):
+        super().__init__()
+        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.datasets: dict[str, Dataset] = {}
+
+    def _loader(self, split: str) -> DataLoader:
+        if split not in self.datasets:
+            raise ValueError(f"no {split} data configured for {type(self).__name__}")
+        train = split == "train"
+        return DataLoader(
+            self.datasets[split],
+            batch_size=self.batch_size,
+            shuffle=train,
+            drop_last=train,
+            num_workers=self.num_workers,
+            persistent_workers=self.num_workers > 0,
+            generator=torch.Generator().manual_seed(self.seed) if train else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")
+
+
+class ImageDataModule(_PairedDataModule):
+    """Image folders -> ``{"x": input [B, input_nc, H, W], "y": target [B, 3, H, W]}`` batches.
+
+    Give either explicit train_dir (and optional val_dir / test_dir) or a single root that is split
+    deterministically by ``split`` ratios with ``seed``. Only training images are flipped. task: a
+    target-derived task from ``ganinv.data.tasks`` (x = task(y)); None for plain inversion (x = y).
+    """
+
+    def __init__(
+        self,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        test_dir: str | None = None,
+        root: str | None = None,
+        split: Sequence[float] = (0.9, 0.05, 0.05),
+        size: int | tuple[int, int] = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        flip: bool = True,
+        task=None,
+        seed: int = 0,
+    ):
+        super().__init__(batch_size, num_workers, seed)
+        if (root is None) == (train_dir is None and val_dir is None and test_dir is None):
+            raise ValueError("give either root (split automatically) or train_dir/val_dir/test_dir, not both")
+        self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
+        self.root, self.split, self.size, self.flip, self.task = root, tuple(split), size, flip, task
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        if self.root is not None:
+            plain = ImageFolder(self.root, self.size)
+            flipped = ImageFolder(self.root, self.size, flip=self.flip)
+            parts = split_indices(len(plain), self.split, self.seed)
+            for name, idx in zip(SPLITS, parts):
+                if idx:
+                    base = Subset(flipped if name == "train" else plain, idx)
+                    self.datasets[name] = PairedDataset(base, self.task, name, self.seed)
+        else:
+            for name, folder in self.dirs.items():
+                if folder is not None:
+                    base = ImageFolder(folder, self.size, flip=self.flip and name == "train")
+                    self.datasets[name] = PairedDataset(base, self.task, name, self.seed)
+
+
+class ProceduralDataModule(_PairedDataModule):
+    """Procedural faces -> ``{"x", "y", "factors" [B, F]}`` batches; nothing to download.
+
+    Each split is a ``ProceduralFaces`` stream with the same seed, so splits never share items.
+    """
+
+    def __init__(
+        self,
+        size: int = 64,
+        train_length: int = 50000,
+        val_length: int = 500,
+        test_length: int = 500,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        task=None,
+    ):
+        super().__init__(batch_size, num_workers, seed)
+        self.size, self.task = size, task
+        self.lengths = {"train": train_length, "val": val_length, "test": test_length}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.datasets:
+            return
+        for name, length in self.lengths.items():
+            if length > 0:
+                base = ProceduralFaces(length, self.size, self.seed, name)
+                self.datasets[name] = PairedDataset(base, self.task, name, self.seed)
