@@ -4,3 +4,6 @@ from .safe import UnsafeCheckpointError, load_torch, save_atomic
 from .stylegan import load_discriminator, load_generator
 
 __all__ = ["UnsafeCheckpointError", "load_discriminator", "load_generator", "load_torch", "save_atomic"]
+from .inverter import Inverter, load_inverter  # noqa: E402
+
+__all__ += ["Inverter", "load_inverter"]

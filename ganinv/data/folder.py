@@ -112,6 +112,27 @@ class PairedDataset(Dataset):
         return [self._pair(item, i) for item, i in zip(items, indices)]
 
 
+class EpochShuffleSampler(torch.utils.data.Sampler):
+    """Random order that depends only on (seed, epoch); Lightning calls ``set_epoch`` each epoch.
+
+    A generator seeded once would make the order depend on how many epochs this process has
+    run, so a run resumed from a checkpoint would see other batches than an uninterrupted one.
+    """
+
+    def __init__(self, length: int, seed: int):
+        self.length, self.seed, self.epoch = length, seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+        return iter(torch.randperm(self.length, generator=g).tolist())
+
+    def __len__(self) -> int:
+        return self.length
+
+
 class _PairedDataModule(pl.LightningDataModule):
     def __init__(self, batch_size: int, num_workers: int, seed: int):
         super().__init__()
@@ -122,14 +143,14 @@ class _PairedDataModule(pl.LightningDataModule):
         if split not in self.datasets:
             raise ValueError(f"no {split} data configured for {type(self).__name__}")
         train = split == "train"
+        data = self.datasets[split]
         return DataLoader(
-            self.datasets[split],
+            data,
             batch_size=self.batch_size,
-            shuffle=train,
+            sampler=EpochShuffleSampler(len(data), self.seed) if train else None,
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
-            generator=torch.Generator().manual_seed(self.seed) if train else None,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -1,5 +1,6 @@
 """What every ganinv LightningModule shares: iteration counting, EMA, image grids."""
 import copy
+import random
 from pathlib import Path
 
 import torch
@@ -64,3 +65,17 @@ def log_grid(module, name, rows, caption=None):
     tmp = out.with_suffix(".tmp.png")
     torchvision.utils.save_image(grid, tmp)
     tmp.replace(out)
+
+
+def rng_state():
+    """Python and torch CPU RNG states, stored in checkpoints so a resumed run draws the same
+    z/noise/pool decisions as an uninterrupted one."""
+    import random
+
+    return {"python": random.getstate(), "torch": torch.get_rng_state()}
+
+
+def set_rng_state(state):
+    if state:
+        random.setstate(state["python"])
+        torch.set_rng_state(state["torch"])

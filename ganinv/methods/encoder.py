@@ -8,7 +8,7 @@ from torch import nn
 
 from ..checkpoints.safe import save_atomic
 from ..losses import IDLoss, MocoLoss, w_norm
-from .base import check_precision, log_grid
+from .base import check_precision, log_grid, rng_state, set_rng_state
 
 PSP_CROP = (35, 223, 32, 220)  # pSp's face crop on 256 px images (ID and *_crop losses)
 
@@ -28,8 +28,6 @@ class EncoderMethod(pl.LightningModule):
     it (pSp's ``face_pool``). Loss weights follow the official option names (``*_lambda``);
     a weight of 0 skips the loss and never builds its network.
     """
-
-    encoder_type = None  # official ``opts.encoder_type`` written on export
 
     def __init__(self, generator, encoder, start_from_latent_avg=True, train_decoder=False,
                  lr=1e-4, optimizer="ranger", l2_lambda=1.0, lpips_lambda=0.8, id_lambda=0.0,
@@ -157,12 +155,19 @@ class EncoderMethod(pl.LightningModule):
         if not self.hparams.train_decoder:
             self.generator.eval()
 
+    # -- resume -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        checkpoint["rng"] = rng_state()
+
+    def on_load_checkpoint(self, checkpoint):
+        set_rng_state(checkpoint.get("rng"))
+
     # -- export -------------------------------------------------------------------------
     def official_opts(self):
         """The official ``opts`` dict (pSp/e4e key names) describing this model."""
         g = self.generator
         return {
-            "encoder_type": self.encoder_type,
+            "encoder_type": type(self.encoder).__name__,
             "output_size": g.size, "stylegan_size": g.size, "n_styles": g.n_latent,
             "start_from_latent_avg": bool(self.hparams.start_from_latent_avg),
             "learn_in_w": False, "input_nc": getattr(self.encoder, "input_nc", 3), "label_nc": 0,

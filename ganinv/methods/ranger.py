@@ -19,18 +19,21 @@ class Ranger(torch.optim.RAdam):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        first = {}  # slow weights start at the pre-update weights
         for group in self.param_groups:
             for p in group["params"]:
                 if p.grad is None:
                     continue
                 if p.grad.dim() > 1:
                     p.grad.sub_(p.grad.mean(dim=tuple(range(1, p.grad.dim())), keepdim=True))
-                if "slow" not in self.state[p]:  # slow weights start at the pre-update weights
-                    self.state[p]["slow"] = p.detach().clone()
+                if "slow" not in self.state[p]:
+                    first[p] = p.detach().clone()
         super().step()
         for group in self.param_groups:
             for p in group["params"]:
                 state = self.state[p]
+                if p in first:
+                    state["slow"] = first[p]
                 if p.grad is not None and int(state["step"]) % self.k == 0:
                     state["slow"].add_(p - state["slow"], alpha=self.alpha)
                     p.copy_(state["slow"])

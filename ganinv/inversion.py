@@ -1,0 +1,503 @@
+"""The body of invert.py: walk the input, invert it batch by batch, write every output.
+
+Per image, under ``output``: ``reconstructions/<key>.png`` (generator resolution),
+``latents/<key>.pt`` and ``.npy`` (W+ [n_latent, D]), ``noises/<key>.pt`` (per-image noise maps,
+when the method optimised them and no PTI followed), ``generators/<key>.pt`` (refine=pti: the
+tuned generator, rosinality layout), ``aligned/<key>.png`` (align=true). For the run:
+``metrics.csv`` (one row per image), ``grid.png`` (input | reconstruction) and a summary line.
+``<key>`` is the image's path relative to the input folder without its extension. Every file is
+written atomically, so an interrupted run leaves whole files; a re-run skips images whose row
+and files exist. Unreadable images are listed in the summary and skipped.
+"""
+import csv
+import functools
+import logging
+import math
+import os
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+from PIL import Image
+from torch import nn
+
+from .checkpoints import save_atomic
+from .data.folder import list_images
+from .data.images import IMAGE_EXTENSIONS, load_image, open_image, save_image, to_tensor
+from .methods.base import image_grid
+from .methods.optimization import fit_to, w_statistics
+from .methods.pti import save_generator
+
+COLUMNS = ["image", "mse", "psnr", "ssim", "lpips", "seconds", "generator"]
+METHODS = ("optimize", "idinvert")
+DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
+ALIGN_HINT = "align=true needs the optional face-alignment extra: pip install 'ganinv[align]'"
+
+
+# -- FFHQ face alignment (NVlabs/ffhq-dataset, as pSp scripts/align_all_parallel.py) ------
+@functools.lru_cache(maxsize=1)
+def _dlib_models():
+    try:
+        import dlib
+        import face_recognition_models
+    except ImportError:
+        raise ImportError(ALIGN_HINT) from None
+    predictor = dlib.shape_predictor(face_recognition_models.pose_predictor_model_location())
+    return dlib.get_frontal_face_detector(), predictor
+
+
+def face_landmarks(image, name="image"):
+    """dlib's 68 landmarks [68, 2] (x, y) of the face in an RGB uint8 array [H, W, 3]. With
+    several faces the last detection is used, as the official script does."""
+    detector, predictor = _dlib_models()
+    faces = detector(image, 1)
+    if len(faces) == 0:
+        raise ValueError(f"{name}: no face found for alignment")
+    shape = predictor(image, faces[len(faces) - 1])
+    return np.array([[p.x, p.y] for p in shape.parts()], dtype=np.float64)
+
+
+def ffhq_quad(landmarks):
+    """The FFHQ crop quadrilateral [4, 2] (corners) and its side length from 68 landmarks:
+    centred 0.1 of the way from the eyes to the mouth, oriented by eye-to-eye minus the
+    rotated eye-to-mouth vector, side max(4·|eye-eye|, 3.6·|eye-mouth|)."""
+    lm = np.asarray(landmarks, dtype=np.float64)
+    eye_left, eye_right = lm[36:42].mean(0), lm[42:48].mean(0)
+    eye_avg, eye_to_eye = (eye_left + eye_right) * 0.5, eye_right - eye_left
+    eye_to_mouth = (lm[48] + lm[54]) * 0.5 - eye_avg
+    x = eye_to_eye - np.flipud(eye_to_mouth) * [-1, 1]
+    x /= np.hypot(*x)
+    x *= max(np.hypot(*eye_to_eye) * 2.0, np.hypot(*eye_to_mouth) * 1.8)
+    y = np.flipud(x) * [-1, 1]
+    c = eye_avg + eye_to_mouth * 0.1
+    return np.stack([c - x - y, c - x + y, c + x + y, c + x - y]), np.hypot(*x) * 2
+
+
+def ffhq_align(img, landmarks, output_size, transform_size=None):
+    """Crop, pad (reflect + blur + median fill) and warp a PIL RGB image to the FFHQ framing of
+    its face, ``output_size`` px square. transform_size defaults to output_size, as pSp/e4e
+    (the FFHQ dataset itself warped at 4096 and downsampled to 1024)."""
+    transform_size = transform_size or output_size
+    quad, qsize = ffhq_quad(landmarks)
+    shrink = int(np.floor(qsize / output_size * 0.5))
+    if shrink > 1:
+        small = (int(np.rint(img.size[0] / shrink)), int(np.rint(img.size[1] / shrink)))
+        img = img.resize(small, Image.LANCZOS)
+        quad, qsize = quad / shrink, qsize / shrink
+    border = max(int(np.rint(qsize * 0.1)), 3)
+    lo, hi = np.floor(quad.min(0)).astype(int), np.ceil(quad.max(0)).astype(int)
+    crop = (max(lo[0] - border, 0), max(lo[1] - border, 0),
+            min(hi[0] + border, img.size[0]), min(hi[1] + border, img.size[1]))
+    if crop[2] - crop[0] < img.size[0] or crop[3] - crop[1] < img.size[1]:
+        img = img.crop(crop)
+        quad = quad - crop[0:2]
+    lo, hi = np.floor(quad.min(0)).astype(int), np.ceil(quad.max(0)).astype(int)
+    pad = (max(-lo[0] + border, 0), max(-lo[1] + border, 0),
+           max(hi[0] - img.size[0] + border, 0), max(hi[1] - img.size[1] + border, 0))
+    if max(pad) > border - 4:
+        import scipy.ndimage
+
+        pad = np.maximum(pad, int(np.rint(qsize * 0.3)))
+        arr = np.pad(np.float32(img), ((pad[1], pad[3]), (pad[0], pad[2]), (0, 0)), "reflect")
+        h, w, _ = arr.shape
+        yy, xx, _ = np.ogrid[:h, :w, :1]
+        mask = np.maximum(1.0 - np.minimum(np.float32(xx) / pad[0], np.float32(w - 1 - xx) / pad[2]),
+                          1.0 - np.minimum(np.float32(yy) / pad[1], np.float32(h - 1 - yy) / pad[3]))
+        blurred = scipy.ndimage.gaussian_filter(arr, [qsize * 0.02, qsize * 0.02, 0])
+        arr += (blurred - arr) * np.clip(mask * 3.0 + 1.0, 0.0, 1.0)
+        arr += (np.median(arr, axis=(0, 1)) - arr) * np.clip(mask, 0.0, 1.0)
+        img = Image.fromarray(np.uint8(np.clip(np.rint(arr), 0, 255)), "RGB")
+        quad = quad + pad[:2]
+    img = img.transform((transform_size, transform_size), Image.QUAD, (quad + 0.5).flatten(), Image.BILINEAR)
+    if output_size < transform_size:
+        img = img.resize((output_size, output_size), Image.LANCZOS)
+    return img
+
+
+def align_face(path, size):
+    """An image file -> its FFHQ-aligned face [3, size, size] in [-1, 1] (needs the align extra)."""
+    img = open_image(path)
+    return to_tensor(ffhq_align(img, face_landmarks(np.asarray(img), str(path)), size))
+
+
+# -- inputs and outputs ---------------------------------------------------------------------
+def collect_inputs(path):
+    """An image file or a folder (recursive) -> (paths, keys); a key is the path relative to the
+    folder without its extension (with it, '.' -> '_', where two files would share a key)."""
+    path = Path(path)
+    if path.is_file():
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            raise ValueError(f"input={path}: not an image file ({', '.join(IMAGE_EXTENSIONS)})")
+        return [path], [path.stem]
+    if not path.exists():
+        raise FileNotFoundError(f"input={path}: no such file or folder")
+    paths = list_images(path)
+    rel = [p.relative_to(path) for p in paths]
+    stems = [r.with_suffix("").as_posix() for r in rel]
+    clash = {s for s in stems if stems.count(s) > 1}
+    keys = [r.as_posix().replace(".", "_") if s in clash else s for r, s in zip(rel, stems)]
+    return paths, keys
+
+
+def _atomic_write(path, write):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+
+
+class Outputs:
+    """File layout under the output folder, metrics.csv and which images are finished."""
+
+    def __init__(self, root):
+        self.root = Path(root)
+        self.csv = self.root / "metrics.csv"
+        self.rows = {}
+        if self.csv.is_file():
+            with open(self.csv, newline="") as f:
+                self.rows = {row["image"]: row for row in csv.DictReader(f)}
+
+    def path(self, kind, key, suffix):
+        return self.root / kind / f"{key}{suffix}"
+
+    def done(self, key, need_generator):
+        row = self.rows.get(key)
+        if row is None:
+            return False
+        files = [self.path("reconstructions", key, ".png"), self.path("latents", key, ".pt"),
+                 self.path("latents", key, ".npy")]
+        if need_generator:
+            if not row.get("generator"):
+                return False
+            files.append(self.root / row["generator"])
+        return all(f.is_file() for f in files)
+
+    def write_image(self, key, image, latent, noises=None, aligned=None):
+        save_image(image, self.path("reconstructions", key, ".png"))
+        latent = latent.detach().float().cpu().clone()
+        save_atomic(latent, self.path("latents", key, ".pt"))
+        _atomic_write(self.path("latents", key, ".npy"), lambda f: np.save(f, latent.numpy()))
+        if noises is not None:
+            save_atomic(noises, self.path("noises", key, ".pt"))
+        if aligned is not None:
+            save_image(aligned, self.path("aligned", key, ".png"))
+
+    def add_rows(self, rows):
+        self.rows.update({row["image"]: row for row in rows})
+        lines = [COLUMNS] + [[row.get(c, "") for c in COLUMNS] for row in self.rows.values()]
+        text = "".join(",".join(_csv_cell(v) for v in line) + "\n" for line in lines)
+        _atomic_write(self.csv, lambda f: f.write(text.encode()))
+
+
+def _csv_cell(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    s = str(v)
+    return f'"{s.replace(chr(34), chr(34) * 2)}"' if any(c in s for c in ',"\n') else s
+
+
+# -- metrics --------------------------------------------------------------------------------
+class ImageMetrics:
+    """Per-image MSE, PSNR, SSIM (:mod:`ganinv.metrics.image`) and LPIPS when its pretrained
+    network is available (else blank, with the reason kept for the summary)."""
+
+    def __init__(self, lpips_net, device):
+        from .losses import LPIPSLoss
+
+        self.device, self.lpips, self.lpips_missing = device, None, None
+        try:
+            self.lpips = LPIPSLoss(net=lpips_net, pnet_rand=False).to(device)
+        except FileNotFoundError as e:
+            self.lpips_missing = str(e)
+
+    def __call__(self, recon, target):
+        """Reconstructions [B, 3, R, R] (pooled to the target size) and targets [B, 3, S, S] ->
+        one dict of floats per image."""
+        from .metrics.image import compute_image_metrics
+
+        target = target.to(self.device)
+        recon = fit_to(recon.to(self.device), target.shape[-2:])
+        out = compute_image_metrics(recon, target, lpips=self.lpips)
+        return [{k: float(v[i]) for k, v in out.items()} for i in range(len(target))]
+
+
+# -- configuration ----------------------------------------------------------------------------
+def _positive_int(cfg, name, minimum=1):
+    value = cfg.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name}={value}: expected an integer >= {minimum}")
+    return value
+
+
+def check_config(cfg):
+    """One-line ValueError/FileNotFoundError for a bad top-level setting."""
+    for key in ("input", "output"):
+        if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
+            raise ValueError(f"{key}=PATH is required (python invert.py input=DIR_OR_FILE output=DIR)")
+    method = str(cfg.method)
+    if method not in METHODS and not Path(method).is_file():
+        raise FileNotFoundError(f"method={method}: not optimize, idinvert or an existing encoder checkpoint")
+    if method == "optimize" and cfg.init not in ("mean", "random", "encoder"):
+        raise ValueError(f"init={cfg.init}: expected mean, random or encoder")
+    if (method == "idinvert" or (method == "optimize" and cfg.init == "encoder")) and not cfg.get("encoder"):
+        raise ValueError(f"method={method}{' init=encoder' if method == 'optimize' else ''} needs "
+                         "encoder=PATH (an encoder checkpoint)")
+    if cfg.get("encoder") and not Path(cfg.encoder).is_file():
+        raise FileNotFoundError(f"encoder={cfg.encoder}: no such file")
+    if cfg.get("refine") not in (None, "pti"):
+        raise ValueError(f"refine={cfg.refine}: expected pti (or leave it unset)")
+    if method == "optimize" and not str(cfg.inversion.get("_target_", "")).endswith("OptimizationInversion"):
+        raise ValueError("inversion= must name an optimisation preset (projector, image2stylegan, "
+                         "image2stylegan_pp, idinvert); PTI is refine=pti")
+    _positive_int(cfg, "batch_size")
+    _positive_int(cfg, "grid_max", 0)
+    if cfg.get("resize") is not None:
+        _positive_int(cfg, "resize", 8)
+    if cfg.device not in DEVICES:
+        raise ValueError(f"device={cfg.device}: expected one of {', '.join(DEVICES)}")
+    if not isinstance(cfg.align, bool):
+        raise ValueError(f"align={cfg.align}: expected true or false")
+
+
+def torch_device(name):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if name == "gpu" else name)
+
+
+class InverterEncoder(nn.Module):
+    """An inverter's ``encode`` (images -> W+) as the encoder callable OptimizationInversion
+    takes; held as a submodule so it follows the LightningModule to its device."""
+
+    def __init__(self, inverter):
+        super().__init__()
+        self.inverter = inverter
+
+    def forward(self, x):
+        return self.inverter.encode(x)
+
+
+def build_loggers(cfg):
+    """The config's loggers, once for the whole run; a CSV logger without a version gets this
+    run's start time as its version, so a re-run never overwrites earlier loss curves."""
+    stamp = time.strftime("%Y-%m-%d_%H-%M-%S")
+    loggers = []
+    for c in (cfg.get("logger") or {}).values():
+        if c is not None:
+            loggers.append(instantiate(c, **({"version": stamp} if c.get("version", None) == "" else {})))
+    config = OmegaConf.to_container(cfg, resolve=True)
+    for logger in loggers:
+        logger.log_hyperparams(config)
+    return loggers
+
+
+# -- the run ----------------------------------------------------------------------------------
+class Inverter:
+    """Builds the networks once, then inverts batches of (key, image) pairs."""
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        self.device = torch_device(cfg.device)
+        method = str(cfg.method)
+        self.method = method if method in METHODS else "encoder"
+        encoder_path = cfg.encoder if self.method != "encoder" else method
+        uses_encoder = self.method != "optimize" or cfg.init == "encoder"
+        self.inverter = None
+        if uses_encoder:
+            from .checkpoints.inverter import load_inverter
+
+            self.inverter = load_inverter(encoder_path, device=self.device).requires_grad_(False)
+        if self.inverter is not None:
+            self.generator = self.inverter.generator
+        else:
+            self.generator = instantiate(cfg.generator)
+        self.generator.requires_grad_(False).eval()
+        self.size, full = cfg.resize or self.generator.size, self.generator.size
+        if self.size > full or full % self.size:
+            raise ValueError(f"resize={self.size}: must divide the generator resolution {full}")
+        self.optimize = None
+        if self.method != "encoder":
+            preset = cfg.inversion if self.method == "optimize" else cfg.idinvert
+            extra = {"init": cfg.init} if self.method == "optimize" else {}
+            self.optimize = functools.partial(instantiate(preset), **extra)
+            self.w_stats = w_statistics(self.generator, preset.n_mean_latent, seed=cfg.seed)
+        self.pti = instantiate(cfg.pti) if cfg.get("refine") == "pti" else None
+        self.loggers = None
+
+    def fit(self, module):
+        if self.loggers is None:
+            self.loggers = build_loggers(self.cfg)
+        trainer = instantiate(self.cfg.trainer, logger=self.loggers or False)
+        trainer.fit(module)
+        return trainer.is_global_zero
+
+    def invert(self, x, keys, name):
+        """x [n, 3, S, S] -> (is_global_zero, latents [n, n_latent, D], images [n, 3, R, R],
+        noises per image or None, generator file per image or None)."""
+        main = True
+        noises = None
+        if self.optimize is not None:
+            encoder = InverterEncoder(self.inverter) if self.inverter is not None else None
+            module = self.optimize(generator=self.generator, targets=x, encoder=encoder, keys=keys,
+                                   w_stats=self.w_stats, name=name)
+            main = self.fit(module)
+            if main:
+                ws, images = module.result["latents"], module.result["images"]
+                if module.result["noises"] is not None:
+                    noises = [[n[i:i + 1] for n in module.result["noises"]] for i in range(len(keys))]
+        else:
+            self.generator.to(self.device)
+            with torch.no_grad():
+                ws = self.inverter.encode(x.to(self.device)).float()
+                images = self.generator.synthesis(ws, noise_mode="const").float()
+            ws, images = ws.cpu(), images.cpu()
+        generators = None
+        if self.pti is not None and main:
+            generators, noises = [None] * len(keys), None
+            every = range(len(keys))
+            groups = [[i] for i in every] if self.cfg.refine_per_image else [list(every)]
+            for group in groups:
+                module = self.pti(generator=self.generator, targets=x[group], pivots=ws[group],
+                                  keys=[keys[i] for i in group], name=f"{name}_pti")
+                main = self.fit(module)
+                if not main:
+                    continue
+                images[group] = module.result["images"]
+                tag = keys[group[0]] if self.cfg.refine_per_image else f"{keys[group[0]]}.batch"
+                rel = Path("generators") / f"{tag}.pt"
+                save_generator(module.generator, Path(self.cfg.output) / rel)
+                for i in group:
+                    generators[i] = rel.as_posix()
+        if not main:
+            return False, None, None, None, None
+        return True, ws, images, noises, generators
+
+
+def load_inputs(paths, size, align):
+    """Load each file (FFHQ-aligned with ``align``) -> (list of [3, size, size] or None, errors)."""
+    images, errors = [], []
+    for path in paths:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                images.append(align_face(path, size) if align else load_image(path, size))
+        except (ValueError, FileNotFoundError, OSError) as e:
+            images.append(None)
+            errors.append(str(e) if str(path) in str(e) else f"{path}: {e}")
+    return images, errors
+
+
+def write_grid(outputs, paths, keys, size, limit, align):
+    rows = []
+    for path, key in zip(paths, keys):
+        if len(rows) >= limit:
+            break
+        if key not in outputs.rows or not outputs.path("reconstructions", key, ".png").is_file():
+            continue
+        source = outputs.path("aligned", key, ".png") if align else path
+        try:
+            target = load_image(source, size)
+        except (ValueError, FileNotFoundError):
+            continue
+        recon = load_image(outputs.path("reconstructions", key, ".png"))
+        rows.append((target, fit_to(recon[None], (size, size))[0]))
+    if rows:
+        grid = image_grid([torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])])
+        save_image(grid * 2 - 1, outputs.root / "grid.png")
+    return len(rows)
+
+
+def _mean(rows, name):
+    values = [float(r[name]) for r in rows if r.get(name) not in (None, "")]
+    return sum(values) / len(values) if values else math.nan
+
+
+def _quiet_lightning():
+    logging.getLogger("pytorch_lightning").setLevel(logging.WARNING)
+    logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
+    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+    warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+
+
+def invert(cfg):
+    """Run the inversion the config describes; returns the summary dict (also printed)."""
+    import pytorch_lightning as pl
+    from tqdm import tqdm
+
+    check_config(cfg)
+    _quiet_lightning()
+    if cfg.align:
+        _dlib_models()
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    paths, keys = collect_inputs(cfg.input)
+    outputs = Outputs(cfg.output)
+    refine = cfg.get("refine") == "pti"
+    todo = [(p, k) for p, k in zip(paths, keys) if not outputs.done(k, refine)]
+    skipped = len(paths) - len(todo)
+    runner = Inverter(cfg)
+    metrics = ImageMetrics(cfg.metrics.lpips_net, runner.device)
+    rank_zero = all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    errors, inverted = [], 0
+    bar = tqdm(total=len(todo), unit="img", disable=None if rank_zero else True, file=sys.stderr)
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo[start:start + cfg.batch_size]
+        images, bad = load_inputs([p for p, _ in batch], runner.size, cfg.align)
+        errors += bad
+        good = [(k, img) for (_, k), img in zip(batch, images) if img is not None]
+        bar.update(len(batch) - len(good))
+        if not good:
+            continue
+        x = torch.stack([img for _, img in good])
+        batch_keys = [k for k, _ in good]
+        t0 = time.perf_counter()
+        name = f"batch_{start // cfg.batch_size:05d}"
+        main, ws, recon, noises, generators = runner.invert(x, batch_keys, name)
+        seconds = (time.perf_counter() - t0) / len(good)
+        bar.update(len(good))
+        if not main:
+            continue
+        scores = metrics(recon, x)
+        rows = []
+        for i, key in enumerate(batch_keys):
+            outputs.write_image(key, recon[i], ws[i], None if noises is None else noises[i],
+                                x[i] if cfg.align else None)
+            generator = generators[i] if generators else ""
+            rows.append({"image": key, **scores[i], "seconds": seconds, "generator": generator})
+        outputs.add_rows(rows)
+        inverted += len(good)
+        bar.set_postfix(mse=f"{_mean(rows, 'mse'):.4f}")
+    bar.close()
+    if not rank_zero:
+        return None
+    shown = write_grid(outputs, paths, keys, runner.size, cfg.grid_max, cfg.align) if cfg.grid_max else 0
+    rows = list(outputs.rows.values())
+    summary = {"inverted": inverted, "skipped": skipped, "unreadable": errors, "images": len(rows),
+               "mse": _mean(rows, "mse"), "psnr": _mean(rows, "psnr"), "ssim": _mean(rows, "ssim"),
+               "lpips": _mean(rows, "lpips"), "grid": shown, "output": str(outputs.root)}
+    lpips = f"{summary['lpips']:.4f}" if metrics.lpips is not None else f"blank ({metrics.lpips_missing})"
+    bad = f" ({'; '.join(errors)})" if errors else ""
+    print(f"invert.py: {inverted} inverted, {skipped} already done, {len(errors)} unreadable{bad}; "
+          f"over {len(rows)} images mse {summary['mse']:.4f} psnr {summary['psnr']:.2f} "
+          f"ssim {summary['ssim']:.4f} lpips {lpips} -> {outputs.root}")
+    return summary
+
+
+def main(cfg):
+    """invert() for the command line: a bad setting or file is one line on stderr, exit 2."""
+    try:
+        return invert(cfg)
+    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
+        print(f"invert.py: {e}", file=sys.stderr)
+        sys.exit(2)

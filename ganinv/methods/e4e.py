@@ -1,0 +1,125 @@
+"""e4e (Tov et al. 2021): encoder for editing — one w plus progressively enabled deltas.
+
+Per iteration (official ``training/coach.py``):
+  1. latent D step (if w_discriminator_lambda > 0): real w = mapping(z), fake = encoder codes
+     of the enabled rows, both through 50-code pools; softplus(−D(real)) + softplus(D(fake));
+     lazy R1 (γ, every ``d_reg_every``) on real w. Adam 2e-5.
+  2. encoder step: pSp reconstruction losses + λ_adv·mean_i softplus(−D(w_i)) over enabled
+     rows + λ_δ·Σ_i ‖w_i − w_0‖ (while progressive). Ranger 1e-4.
+Progressive stage k is enabled at iteration progressive_start + (k−1)·progressive_step_every
+(stage 0 before progressive_start); without progressive_start every delta is on ('all').
+Deviation, on purpose: the official D step feeds ``encoder(x)`` without latent_avg while the
+encoder's adversarial term sees codes with it; here both see codes + latent_avg (the codes
+the generator actually gets), as the paper describes.
+"""
+import torch
+
+from ..losses import d_logistic_loss, delta_regularization, g_nonsaturating_loss, lazy_r1
+from ..nets.latent_discriminator import LatentCodesDiscriminator, LatentCodesPool
+from .base import step_uncounted
+from .encoder import EncoderMethod
+from .ranger import make_optimizer
+
+
+class E4E(EncoderMethod):
+    def __init__(self, generator, encoder, w_discriminator_lambda=0.1, w_discriminator_lr=2e-5,
+                 r1=10.0, d_reg_every=16, w_pool_size=50, delta_norm=2, delta_norm_lambda=2e-4,
+                 progressive_start=None, progressive_step_every=2000, **kwargs):
+        if callable(encoder) and not isinstance(encoder, torch.nn.Module):
+            encoder = encoder(n_styles=generator.n_latent)
+        super().__init__(generator, encoder, **kwargs)
+        self.save_hyperparameters(ignore=["generator", "encoder", "lpips"])
+        self.automatic_optimization = False
+        if w_discriminator_lambda > 0:
+            self.latent_discriminator = LatentCodesDiscriminator(generator.style_dim, 4)
+            self.real_w_pool = LatentCodesPool(w_pool_size)
+            self.fake_w_pool = LatentCodesPool(w_pool_size)
+
+    # -- progressive schedule -----------------------------------------------------------
+    def stage_at(self, iteration):
+        """Progressive stage at an iteration: 0..n_styles−1, or 'all' when not progressive."""
+        start, every = self.hparams.progressive_start, self.hparams.progressive_step_every
+        if start is None:
+            return "all"
+        if iteration < start:
+            return 0
+        return min(1 + (iteration - start) // every, self.generator.n_latent - 1)
+
+    def enabled_rows(self):
+        return list(range(self.encoder.n_deltas + 1))
+
+    # -- training -----------------------------------------------------------------------
+    def training_step(self, batch, batch_idx):
+        hp = self.hparams
+        stage = self.stage_at(self.global_step)
+        self.encoder.progressive_stage = stage
+        opts = self.optimizers()
+        opt_e, opt_d = opts if isinstance(opts, list) else (opts, None)
+        logs = {"stage": float(self.encoder.n_deltas)}
+        if hp.w_discriminator_lambda > 0:
+            logs.update(self.discriminator_step(batch["x"], opt_d))
+
+        x, y, codes, y_hat = self.invert_batch(batch, noise_mode=hp.train_noise_mode)
+        loss, rec_logs = self.reconstruction_loss(x, y, y_hat, codes)
+        logs.update(rec_logs)
+        rows = self.enabled_rows()
+        if hp.w_discriminator_lambda > 0:
+            self.latent_discriminator.requires_grad_(False)
+            adv = sum(g_nonsaturating_loss(self.latent_discriminator(codes[:, i])) for i in rows) / len(rows)
+            loss = loss + hp.w_discriminator_lambda * adv
+            logs["encoder_discriminator_loss"] = adv.detach()
+        if hp.progressive_start is not None and stage != "all":
+            delta = delta_regularization(codes, stage, p=hp.delta_norm)
+            loss = loss + hp.delta_norm_lambda * delta
+            logs["total_delta_loss"] = delta.detach()
+        opt_e.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_e.step()  # the one counted step per iteration
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log_train(logs, x, y, y_hat)
+
+    def discriminator_step(self, x, opt_d):
+        hp = self.hparams
+        d = self.latent_discriminator
+        d.requires_grad_(True)
+        with torch.no_grad():
+            z = torch.randn(x.shape[0], self.generator.style_dim, device=x.device)
+            real_w = self.real_w_pool.query(self.generator.mapping(z))
+            fake_w = self.fake_w_pool.query(self.encode(x)[:, self.enabled_rows()])
+            if fake_w.ndim == 3:  # pool disabled: official keeps row 0
+                fake_w = fake_w[:, 0]
+        d_loss = d_logistic_loss(d(real_w), d(fake_w))
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss)
+        step_uncounted(opt_d)
+        logs = {"discriminator_loss": d_loss.detach()}
+        if hp.r1 > 0 and self.global_step % hp.d_reg_every == 0:
+            real_w = real_w.detach().requires_grad_(True)
+            r1 = lazy_r1(d(real_w), real_w, hp.r1, hp.d_reg_every)
+            opt_d.zero_grad(set_to_none=True)
+            self.manual_backward(r1)
+            step_uncounted(opt_d)
+            logs["discriminator_r1_loss"] = r1.detach()
+        return logs
+
+    def on_validation_start(self):
+        self.encoder.progressive_stage = self.stage_at(self.global_step)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opts = [make_optimizer(hp.optimizer, self.trainable_parameters(), hp.lr)]
+        if hp.w_discriminator_lambda > 0:
+            opts.append(torch.optim.Adam(self.latent_discriminator.parameters(), lr=hp.w_discriminator_lr))
+        return opts
+
+    # -- resume: the pools are training state too ----------------------------------------
+    def on_save_checkpoint(self, checkpoint):
+        super().on_save_checkpoint(checkpoint)
+        if self.hparams.w_discriminator_lambda > 0:
+            checkpoint["w_pools"] = {"real": self.real_w_pool.ws, "fake": self.fake_w_pool.ws}
+
+    def on_load_checkpoint(self, checkpoint):
+        super().on_load_checkpoint(checkpoint)
+        pools = checkpoint.get("w_pools")
+        if pools is not None:
+            self.real_w_pool.ws, self.fake_w_pool.ws = list(pools["real"]), list(pools["fake"])

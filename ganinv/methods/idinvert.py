@@ -1,0 +1,81 @@
+"""IDInvert (Zhu et al. 2020): a domain-guided encoder trained against the generator's own D.
+
+Per iteration (genforce/idinvert_pytorch ``training``), G frozen with constant noise:
+  1. D step: softplus(D(G(E(x)))) + softplus(−D(x)) + (γ/2)·E‖∇D(x)‖² (R1 every step).
+  2. E step: ‖x − G(E(x))‖² + 5e-5·‖F(x) − F(G(E(x)))‖² + 0.08·softplus(−D(G(E(x)))),
+     F = VGG16 conv4_3. Adam(0.9, 0.99, 1e-8), lr 1e-4 for both, ×``lr_decay`` every
+     ``decay_every`` iterations (default: a quarter of max_steps).
+The encoder predicts W+ directly (no latent_avg) so the code stays in G's domain; the paired
+domain-regularised optimisation lives in ``ganinv.methods.optimization``.
+"""
+import torch
+import torch.nn.functional as F
+
+from ..losses import d_logistic_loss, g_nonsaturating_loss, lazy_r1, vgg_feature_loss
+from .base import step_uncounted
+from .encoder import EncoderMethod
+
+
+class IDInvert(EncoderMethod):
+    def __init__(self, generator, encoder, discriminator, vgg=None, lr=1e-4, lr_d=1e-4, mse_lambda=1.0,
+                 feature_lambda=5e-5, adv_lambda=0.08, r1_gamma=10.0, lr_decay=0.8, decay_every=None,
+                 image_every=250, n_mean_latent=10000):
+        if callable(encoder) and not isinstance(encoder, torch.nn.Module):
+            encoder = encoder(resolution=generator.size)
+        if feature_lambda > 0 and vgg is None:
+            raise ValueError("method: feature_lambda > 0 needs a loss.vgg network")
+        super().__init__(generator, encoder, start_from_latent_avg=False, lr=lr, optimizer="adam",
+                         l2_lambda=mse_lambda, lpips_lambda=0.0, train_noise_mode="const",
+                         image_every=image_every, n_mean_latent=n_mean_latent)
+        self.save_hyperparameters(ignore=["generator", "encoder", "discriminator", "vgg"])
+        self.automatic_optimization = False
+        self.discriminator = discriminator.train()
+        self.vgg = vgg if feature_lambda > 0 else None
+
+    def training_step(self, batch, batch_idx):
+        hp = self.hparams
+        opt_e, opt_d = self.optimizers()
+        x, y = batch["x"], batch["y"]
+        size = y.shape[-2:]
+
+        # 1. discriminator (the generator's own D, fine-tuned)
+        self.discriminator.requires_grad_(True)
+        with torch.no_grad():
+            fake = self.decode(self.encode(x), size=size)
+        real = y.detach().requires_grad_(True)
+        real_logits = self.discriminator(real)
+        d_loss = d_logistic_loss(real_logits, self.discriminator(fake))
+        r1 = lazy_r1(real_logits, real, hp.r1_gamma, interval=1)
+        opt_d.zero_grad(set_to_none=True)
+        self.manual_backward(d_loss + r1)
+        step_uncounted(opt_d)
+
+        # 2. encoder
+        self.discriminator.requires_grad_(False)
+        codes = self.encode(x)
+        y_hat = self.decode(codes, size=size)
+        mse = F.mse_loss(y_hat, y)
+        adv = g_nonsaturating_loss(self.discriminator(y_hat))
+        loss = hp.mse_lambda * mse + hp.adv_lambda * adv
+        logs = {"loss_mse": mse.detach(), "loss_adv": adv.detach(), "d_loss": d_loss.detach(),
+                "d_r1": r1.detach()}
+        if self.vgg is not None:
+            feat = vgg_feature_loss(self.vgg, y_hat, y)
+            loss = loss + hp.feature_lambda * feat
+            logs["loss_feat"] = feat.detach()
+        opt_e.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_e.step()  # the one counted step per iteration
+        for sch in self.lr_schedulers():
+            sch.step()
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log_train(logs, x, y, y_hat)
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        every = hp.decay_every or max(1, (self.trainer.max_steps if self.trainer else 4) // 4)
+        opt_e = torch.optim.Adam(self.encoder.parameters(), lr=hp.lr, betas=(0.9, 0.99), eps=1e-8)
+        opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=(0.9, 0.99), eps=1e-8)
+        decay = lambda it: hp.lr_decay ** (it // every)  # noqa: E731
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (opt_e, opt_d)]
+        return [opt_e, opt_d], [{"scheduler": s, "interval": "step"} for s in scheds]

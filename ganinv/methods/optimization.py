@@ -1,0 +1,389 @@
+"""Optimisation-based inversion as a LightningModule that owns its targets.
+
+One module covers the optimisation family (images in [-1, 1], W+ as [B, n_latent, D]):
+
+- rosinality / NVIDIA projector (``schedule='projector'``): Adam lr 0.1 with a 5 % ramp-up and a
+  25 % cosine ramp-down, latent noise 0.05·σ_w·max(0, 1 − t/0.75)², per-image noise maps
+  optimised with the 1e5 autocorrelation regulariser and renormalised after every step,
+  w initialised at the mean of 10 000 mapped z, LPIPS-VGG;
+- Image2StyleGAN (W+, Adam lr 0.01, MSE + VGG16 conv1_1/1_2/3_2/4_2 features) and
+  Image2StyleGAN++ (``noise_steps``: a second phase that optimises only the noise maps with MSE);
+- hybrid inversion (``init='encoder'``) and IDInvert's domain-regularised optimisation
+  (``domain_lambda``: start at E(x), MSE + 5e-5·VGG conv4_3 + 2·mean((w − E(G(w)))²)).
+
+Every image's loss is its own (per-image MSE / LPIPS / features / noise regulariser, summed over
+the batch) and Adam is elementwise, so inverting a batch equals inverting its images one by one;
+each image's randomness (noise maps, latent noise) comes from its own generator seeded by
+(seed, key). ``trainer.fit(module)`` needs no datamodule: the module's dataloader yields the step
+indices. Under DDP every rank keeps all latents but computes only its shard of the images; the
+summed loss is scaled by the world size so DDP's gradient averaging returns each image's own
+gradient, and every rank ends with every image's result.
+"""
+import hashlib
+import math
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..losses import noise_normalize_, noise_regularize, vgg_feature_loss
+from .base import check_precision, log_grid
+
+LATENT_SPACES = ("z", "w", "w+")
+INITS = ("mean", "random", "encoder")
+SCHEDULES = ("constant", "projector")
+NOISE_INITS = ("const", "random")
+
+
+def projector_lr(t, lr, rampup=0.05, rampdown=0.25):
+    """Learning rate at progress t ∈ [0, 1) of the StyleGAN2 projectors:
+    lr · min(1, t/rampup) · (½ − ½·cos(π · min(1, (1 − t)/rampdown)))."""
+    ramp = 0.5 - 0.5 * math.cos(math.pi * min(1.0, (1.0 - t) / rampdown)) if rampdown > 0 else 1.0
+    return lr * ramp * (min(1.0, t / rampup) if rampup > 0 else 1.0)
+
+
+def latent_noise_strength(t, w_std, noise=0.05, ramp=0.75):
+    """σ_w · noise · max(0, 1 − t/ramp)²: the projectors' exploration noise on the latent."""
+    return w_std * noise * max(0.0, 1.0 - t / ramp) ** 2 if ramp > 0 else 0.0
+
+
+@torch.no_grad()
+def w_statistics(generator, n=10000, seed=0):
+    """Mean w [D] and spread σ_w = sqrt(Σ‖w − w̄‖² / n) of ``n`` mapped z ~ N(0, I) (the
+    projectors' w_avg and w_std), from a fixed seed so runs are reproducible."""
+    device = next(generator.parameters()).device
+    z = torch.randn(n, generator.style_dim, generator=torch.Generator().manual_seed(seed)).to(device)
+    w = torch.cat([generator.mapping(chunk) for chunk in z.split(4096)])
+    mean = w.mean(0)
+    return mean, ((w - mean).pow(2).sum() / n).sqrt().item()
+
+
+def image_seed(seed, key):
+    """A 63-bit seed for one image from the run seed and the image's key (stable across
+    processes, unlike ``hash``), so an image gets the same randomness in any batch."""
+    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def fit_to(img, size):
+    """Average-pool generator outputs [B, 3, S, S] down to ``size`` (pSp's face_pool); as is when equal."""
+    return img if tuple(img.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(img, size)
+
+
+class TargetsModule(pl.LightningModule):
+    """A LightningModule that owns its target images [N, 3, H, W] (a buffer) and runs a fixed
+    number of steps from ``trainer.fit(module)`` with no datamodule. Frozen networks it holds
+    stay in eval mode. Subclasses implement ``training_step`` with manual optimisation."""
+
+    def __init__(self, generator, targets, total_steps, keys=None):
+        super().__init__()
+        if targets.ndim != 4 or targets.shape[1] != 3 or targets.shape[2] != targets.shape[3]:
+            raise ValueError(f"targets must be square images [N, 3, H, H], got {tuple(targets.shape)}")
+        size, out = targets.shape[-1], generator.size
+        if size > out or out % size:
+            raise ValueError(f"targets are {size} px but the generator makes {out} px images; "
+                             f"the target size must divide the generator's")
+        keys = [str(i) for i in range(len(targets))] if keys is None else [str(k) for k in keys]
+        if len(keys) != len(targets):
+            raise ValueError(f"keys: {len(keys)} given for {len(targets)} targets")
+        self.automatic_optimization = False
+        self.generator = generator
+        self.keys = keys
+        self.total_steps = int(total_steps)
+        self.register_buffer("targets", targets.detach().float().clone())
+        self.history = []  # per step: loss per image [N]
+        self.result = None
+
+    @property
+    def num_images(self):
+        return self.targets.shape[0]
+
+    def train(self, mode=True):
+        # Nothing here learns through train-mode behaviour; frozen G/E/LPIPS/VGG must stay in eval.
+        return super().train(False)
+
+    def train_dataloader(self):
+        # The module owns its data: one "epoch" is the optimisation, one item per step.
+        return range(self.total_steps)
+
+    def setup(self, stage):
+        check_precision(self.trainer)
+
+    def shard(self):
+        """Indices of the images this rank computes: a contiguous slice of range(N)."""
+        world, rank = (self.trainer.world_size, self.trainer.global_rank) if self._trainer else (1, 0)
+        return torch.arange(self.num_images, device=self.targets.device).tensor_split(world)[rank]
+
+    def world_size(self):
+        return self.trainer.world_size if self._trainer else 1
+
+    def gather(self, rows, values):
+        """Per-image values of this rank's rows -> the full [N] vector on every rank."""
+        full = values.new_zeros(self.num_images)
+        full[rows] = values.detach().to(full.dtype)
+        if self.world_size() > 1:
+            full = self.trainer.strategy.reduce(full, reduce_op="sum")
+        return full
+
+    def log_curves(self, name, per_image):
+        self.history.append(per_image.detach().cpu())
+        logs = {f"{name}/{key}": v for key, v in zip(self.keys, per_image)}
+        logs[f"{name}/total"] = per_image.sum()
+        self.log_dict(logs, on_step=True, on_epoch=False, batch_size=1)
+
+    @property
+    def curves(self):
+        """Loss per step and image: [steps run, N]."""
+        return torch.stack(self.history) if self.history else torch.zeros(0, self.num_images)
+
+    def on_train_end(self):
+        # Computed here, still on the accelerator (Lightning moves the module to CPU at teardown).
+        if self.trainer.is_global_zero:
+            self.result = self.reconstruct()
+
+
+class OptimizationInversion(TargetsModule):
+    """Invert ``targets`` [N, 3, H, W] in [-1, 1] into a frozen StyleGAN2 ``generator``.
+
+    latent_space: 'z' [N, D] (through the mapping), 'w' [N, D] or 'w+' [N, n_latent, D].
+    init: 'mean' (w̄ of ``n_mean_latent`` mapped z), 'random' (a per-image z, mapped for w/w+)
+      or 'encoder' (``encoder(targets)`` -> W+ [N, n_latent, D]; averaged over layers for 'w').
+    encoder: a callable images -> W+ codes (an nn.Module, e.g. IDInvertEncoder, or an
+      inverter's ``encode``), used frozen for ``init='encoder'`` and ``domain_lambda``.
+    steps / lr / betas / schedule: Adam on the latent; 'constant' lr or the 'projector' ramps
+      (``lr_rampup``, ``lr_rampdown`` fractions of ``steps``).
+    latent_noise / latent_noise_ramp: projector exploration noise (× σ_w), 0 disables.
+    noise_init: 'const' (G's stored maps) or 'random' (N(0, 1) per image) for per-image noise
+      maps, which exist when ``optimize_noise`` (jointly with the latent, regularised by
+      ``noise_regularize`` and renormalised per image after each step) or ``noise_steps`` > 0
+      (Image2StyleGAN++: afterwards, ``noise_steps`` steps on the noise maps only, MSE only,
+      lr ``noise_lr``); otherwise G's constant noise is used.
+    Per-image loss: mse_lambda·MSE + lpips_lambda·LPIPS + vgg_lambda·Σ_l mean((F_l − F̂_l)²)
+      + id_lambda·(1 − cos) + domain_lambda·mean((w − E(G(w)))²) + noise_regularize·noise reg.
+      ``lpips`` (LPIPSLoss), ``vgg`` (VGG16Features), ``id_loss`` (IDLoss) are the networks.
+      Generator outputs are pooled to the target size; features (VGG) of images above
+      ``feature_resize`` are computed on images pooled to it.
+    early_stop_lpips: freeze an image's latent (and noise) from the first step its LPIPS is at or
+      below this value; the run stops when all are frozen. Needs ``lpips``.
+    keys: a name per image (logging, per-image seeds). w_stats: precomputed (w̄, σ_w).
+    """
+
+    def __init__(self, generator, targets, latent_space="w+", init="mean", encoder=None, steps=1000,
+                 lr=0.01, betas=(0.9, 0.999), schedule="constant", lr_rampup=0.05, lr_rampdown=0.25,
+                 latent_noise=0.0, latent_noise_ramp=0.75, noise_init="const", optimize_noise=False,
+                 noise_regularize=0.0, noise_steps=0, noise_lr=None, mse_lambda=1.0, lpips_lambda=0.0,
+                 lpips=None, vgg_lambda=0.0, vgg=None, feature_resize=256, id_lambda=0.0, id_loss=None,
+                 domain_lambda=0.0, early_stop_lpips=None, n_mean_latent=10000, w_stats=None, seed=0,
+                 keys=None, image_every=0, name="inversion"):
+        self._check_options(latent_space, init, encoder, steps, schedule, noise_init, optimize_noise,
+                            noise_steps, lpips_lambda, lpips, vgg_lambda, vgg, id_lambda, id_loss,
+                            domain_lambda, early_stop_lpips)
+        super().__init__(generator.requires_grad_(False).eval(), targets, steps + noise_steps, keys)
+        self.save_hyperparameters(ignore=["generator", "targets", "encoder", "lpips", "vgg", "id_loss",
+                                          "w_stats", "keys"])
+        self.lpips, self.vgg, self.id_loss = lpips, vgg, id_loss
+        if isinstance(encoder, nn.Module):
+            encoder.requires_grad_(False).eval()
+        self.encoder = encoder
+        w_mean, w_std = w_stats if w_stats is not None else w_statistics(generator, n_mean_latent)
+        self.register_buffer("w_mean", w_mean.detach().float().clone())
+        self.w_std = float(w_std)
+        self.register_buffer("done", torch.zeros(self.num_images, dtype=torch.bool))
+        self.register_buffer("frozen_at", torch.full((self.num_images,), -1, dtype=torch.long))
+        self.rngs = [torch.Generator().manual_seed(image_seed(seed, k)) for k in self.keys]
+        self.latent = nn.Parameter(self._initial_latent())
+        self.noises = None
+        if optimize_noise or noise_steps > 0:
+            self.noises = nn.ParameterList([nn.Parameter(n) for n in self._initial_noise()])
+
+    @staticmethod
+    def _check_options(latent_space, init, encoder, steps, schedule, noise_init, optimize_noise, noise_steps,
+                       lpips_lambda, lpips, vgg_lambda, vgg, id_lambda, id_loss, domain_lambda, early_stop):
+        def choice(name, value, options):
+            if value not in options:
+                raise ValueError(f"{name} must be one of {', '.join(options)}; got {value!r}")
+
+        choice("latent_space", latent_space, LATENT_SPACES)
+        choice("init", init, INITS)
+        choice("schedule", schedule, SCHEDULES)
+        choice("noise_init", noise_init, NOISE_INITS)
+        if not isinstance(steps, int) or steps < 1 or not isinstance(noise_steps, int) or noise_steps < 0:
+            raise ValueError(f"steps must be an int >= 1 and noise_steps an int >= 0; got {steps!r}, "
+                             f"{noise_steps!r}")
+        if latent_space == "z" and init != "random":
+            raise ValueError(f"latent_space=z starts from a random z; init={init} is for w / w+")
+        if (init == "encoder" or domain_lambda > 0) and encoder is None:
+            raise ValueError("init=encoder and domain_lambda > 0 need an encoder")
+        if noise_init == "random" and not (optimize_noise or noise_steps > 0):
+            raise ValueError("noise_init=random needs optimize_noise=true or noise_steps > 0")
+        for weight, net, what in ((lpips_lambda, lpips, "lpips_lambda > 0 needs an lpips network"),
+                                  (early_stop, lpips, "early_stop_lpips needs an lpips network"),
+                                  (vgg_lambda, vgg, "vgg_lambda > 0 needs a vgg network"),
+                                  (id_lambda, id_loss, "id_lambda > 0 needs an id_loss network")):
+            if weight and net is None:
+                raise ValueError(what)
+
+    # -- initialisation -----------------------------------------------------------------
+    def _per_image_randn(self, shape, rows=None):
+        rows = range(self.num_images) if rows is None else rows.tolist()
+        return torch.stack([torch.randn(shape, generator=self.rngs[i]) for i in rows])
+
+    @torch.no_grad()
+    def _initial_latent(self):
+        hp, g, n = self.hparams, self.generator, self.num_images
+        device = self.w_mean.device
+        if hp.init == "encoder":
+            ws = torch.cat([self.encoder(x[None]) for x in self.targets]).float()
+            if ws.shape[1:] != (g.n_latent, g.style_dim):
+                raise ValueError(f"encoder returned codes {tuple(ws.shape)}, expected "
+                                 f"[N, {g.n_latent}, {g.style_dim}] for this generator")
+            return ws.mean(1) if hp.latent_space == "w" else ws
+        if hp.init == "random":
+            z = self._per_image_randn((g.style_dim,)).to(device)
+            if hp.latent_space == "z":
+                return z
+            w = g.mapping(z)
+        else:
+            w = self.w_mean.expand(n, -1)
+        return w.clone() if hp.latent_space == "w" else g.broadcast(w).clone()
+
+    @torch.no_grad()
+    def _initial_noise(self):
+        g = self.generator
+        if self.hparams.noise_init == "random":
+            shapes = [m.shape[1:] for m in g.make_noise(1)]
+            return [self._per_image_randn(s).to(self.w_mean.device) for s in shapes]
+        const = [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)]
+        return [m.expand(self.num_images, -1, -1, -1).clone() for m in const]
+
+    # -- synthesis and losses -----------------------------------------------------------
+    def ws_of(self, latent):
+        """The optimised variable -> W+ [n, n_latent, D]."""
+        if self.hparams.latent_space == "z":
+            latent = self.generator.mapping(latent)
+        return latent if latent.ndim == 3 else self.generator.broadcast(latent)
+
+    def synthesize(self, rows, latent_noise=0.0):
+        """Images of ``rows`` [n, 3, S, S] (generator resolution) and their W+ codes."""
+        latent = self.latent[rows]
+        if latent_noise > 0:
+            latent = latent + latent_noise * self._per_image_randn(latent.shape[1:], rows).to(latent)
+        ws = self.ws_of(latent)
+        noise = "const" if self.noises is None else [n[rows] for n in self.noises]
+        return ws, self.generator.synthesis(ws, noise_mode=noise)
+
+    def features(self, img):
+        size = self.hparams.feature_resize
+        return fit_to(img, (size, size)) if size and img.shape[-1] > size else img
+
+    def image_losses(self, rows, img, ws, noise_phase):
+        """Per-image loss [n] (and LPIPS [n] or None) of images ``img`` made from ``ws``."""
+        hp = self.hparams
+        target = self.targets[rows]
+        rec = fit_to(img, target.shape[-2:])
+        mse = (rec - target).pow(2).mean((1, 2, 3))
+        loss = mse if noise_phase else hp.mse_lambda * mse
+        lp = None
+        if self.lpips is not None and (hp.lpips_lambda > 0 or hp.early_stop_lpips is not None):
+            with torch.set_grad_enabled(torch.is_grad_enabled() and hp.lpips_lambda > 0 and not noise_phase):
+                lp = self.lpips(rec, target, per_image=True)
+        if noise_phase:
+            return loss, lp
+        if hp.lpips_lambda > 0:
+            loss = loss + hp.lpips_lambda * lp
+        if hp.vgg_lambda > 0:
+            feat = vgg_feature_loss(self.vgg, self.features(rec), self.features(target), per_image=True)
+            loss = loss + hp.vgg_lambda * feat
+        if hp.id_lambda > 0:
+            with torch.no_grad():
+                target_id = self.id_loss.extract_feats(target)
+            loss = loss + hp.id_lambda * (1 - (self.id_loss.extract_feats(rec) * target_id).sum(1))
+        if hp.domain_lambda > 0:
+            # IDInvert: the encoder sees the reconstruction at the size it saw the target
+            codes = self.encoder(rec)
+            if torch.is_grad_enabled() and not codes.requires_grad:
+                raise ValueError("domain_lambda > 0 needs a differentiable encoder (its output has no grad)")
+            loss = loss + hp.domain_lambda * (ws - codes).pow(2).mean((1, 2))
+        if hp.optimize_noise and hp.noise_regularize > 0:
+            reg = noise_regularize([n[rows] for n in self.noises], per_image=True)
+            loss = loss + hp.noise_regularize * reg
+        return loss, lp
+
+    # -- optimisation -------------------------------------------------------------------
+    def configure_optimizers(self):
+        groups = [{"params": [self.latent], "lr": self.hparams.lr}]
+        if self.noises is not None:
+            groups.append({"params": list(self.noises), "lr": 0.0})
+        return torch.optim.Adam(groups, lr=self.hparams.lr, betas=tuple(self.hparams.betas))
+
+    def schedule(self, i):
+        """(latent lr, noise lr, latent noise strength) at step i."""
+        hp = self.hparams
+        if i >= hp.steps:  # Image2StyleGAN++ noise phase
+            return 0.0, hp.lr if hp.noise_lr is None else hp.noise_lr, 0.0
+        t = i / hp.steps
+        lr = projector_lr(t, hp.lr, hp.lr_rampup, hp.lr_rampdown) if hp.schedule == "projector" else hp.lr
+        strength = latent_noise_strength(t, self.w_std, hp.latent_noise, hp.latent_noise_ramp)
+        return lr, lr if hp.optimize_noise else 0.0, strength
+
+    def parameters_per_image(self):
+        return [self.latent] + ([] if self.noises is None else list(self.noises))
+
+    def training_step(self, step, batch_idx):
+        hp = self.hparams
+        i = int(step)
+        noise_phase = i >= hp.steps
+        opt = self.optimizers()
+        lr, noise_lr, strength = self.schedule(i)
+        opt.param_groups[0]["lr"] = lr
+        if self.noises is not None:
+            opt.param_groups[1]["lr"] = noise_lr
+
+        rows = self.shard()
+        ws, img = self.synthesize(rows, strength)
+        losses, lp = self.image_losses(rows, img, ws, noise_phase)
+        if hp.early_stop_lpips is not None:
+            newly = (self.gather(rows, lp) <= hp.early_stop_lpips) & ~self.done
+            self.frozen_at[newly] = i
+            self.done |= newly
+        self.log_curves("loss", self.gather(rows, losses))
+        self.log("lr", lr, on_step=True, on_epoch=False, batch_size=1)
+        if hp.image_every and i % hp.image_every == 0:
+            rec = fit_to(img, self.targets.shape[-2:])
+            log_grid(self, f"{hp.name}/target_reconstruction", [self.targets[rows], rec])
+        frozen = self.done.clone()
+        if frozen.all():
+            self.trainer.should_stop = True
+            return
+        loss = (losses * ~frozen[rows]).sum() * self.world_size()
+        if len(rows) == 0:  # an empty shard still joins DDP's gradient all-reduce
+            loss = sum(p.sum() for p in self.parameters_per_image()) * 0.0
+        opt.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        kept = [p.detach()[frozen].clone() for p in self.parameters_per_image()] if frozen.any() else None
+        opt.step()
+        if hp.optimize_noise and not noise_phase:
+            noise_normalize_(list(self.noises), per_image=True)
+        if kept is not None:
+            with torch.no_grad():
+                for p, k in zip(self.parameters_per_image(), kept):
+                    p[frozen] = k
+
+    # -- results ------------------------------------------------------------------------
+    @torch.no_grad()
+    def latents(self):
+        """W+ codes of every image [N, n_latent, D] (float32, detached)."""
+        return self.ws_of(self.latent).detach().float().clone()
+
+    @torch.no_grad()
+    def reconstruct(self):
+        """Final results: ``latents`` W+ [N, n_latent, D], ``images`` [N, 3, S, S] at generator
+        resolution (no latent noise), ``noises`` (per-image maps, list of [N, 1, r, r]) or None,
+        ``curves`` [steps run, N], ``frozen_at`` [N] (the step an image met ``early_stop_lpips``,
+        −1 if never) and ``keys``."""
+        rows = torch.arange(self.num_images, device=self.targets.device)
+        ws, img = self.synthesize(rows)
+        return {"latents": ws.detach().float().cpu(), "images": img.detach().float().cpu(),
+                "noises": None if self.noises is None else [n.detach().cpu().clone() for n in self.noises],
+                "curves": self.curves, "frozen_at": self.frozen_at.cpu().clone(), "keys": list(self.keys)}
