@@ -11,6 +11,7 @@ and files exist. Unreadable images are listed in the summary and skipped.
 """
 import csv
 import functools
+import io
 import logging
 import math
 import os
@@ -195,16 +196,12 @@ class Outputs:
 
     def add_rows(self, rows):
         self.rows.update({row["image"]: row for row in rows})
-        lines = [COLUMNS] + [[row.get(c, "") for c in COLUMNS] for row in self.rows.values()]
-        text = "".join(",".join(_csv_cell(v) for v in line) + "\n" for line in lines)
-        _atomic_write(self.csv, lambda f: f.write(text.encode()))
-
-
-def _csv_cell(v):
-    if isinstance(v, float):
-        return f"{v:.6g}"
-    s = str(v)
-    return f'"{s.replace(chr(34), chr(34) * 2)}"' if any(c in s for c in ',"\n') else s
+        text = io.StringIO()
+        writer = csv.DictWriter(text, COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer.writeheader()
+        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
+                         for row in self.rows.values())
+        _atomic_write(self.csv, lambda f: f.write(text.getvalue().encode()))
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -245,21 +242,24 @@ def check_config(cfg):
     for key in ("input", "output"):
         if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
             raise ValueError(f"{key}=PATH is required (python invert.py input=DIR_OR_FILE output=DIR)")
-    method = str(cfg.method)
+    method = str(cfg.inversion_method)
     if method not in METHODS and not Path(method).is_file():
         raise FileNotFoundError(f"method={method}: not optimize, idinvert or an existing encoder checkpoint")
-    if method == "optimize" and cfg.init not in ("mean", "random", "encoder"):
-        raise ValueError(f"init={cfg.init}: expected mean, random or encoder")
-    if (method == "idinvert" or (method == "optimize" and cfg.init == "encoder")) and not cfg.get("encoder"):
-        raise ValueError(f"method={method}{' init=encoder' if method == 'optimize' else ''} needs "
-                         "encoder=PATH (an encoder checkpoint)")
-    if cfg.get("encoder") and not Path(cfg.encoder).is_file():
-        raise FileNotFoundError(f"encoder={cfg.encoder}: no such file")
-    if cfg.get("refine") not in (None, "pti"):
-        raise ValueError(f"refine={cfg.refine}: expected pti (or leave it unset)")
-    if method == "optimize" and not str(cfg.inversion.get("_target_", "")).endswith("OptimizationInversion"):
+    if not str(cfg.inversion.get("_target_", "")).endswith("OptimizationInversion"):
         raise ValueError("inversion= must name an optimisation preset (projector, image2stylegan, "
                          "image2stylegan_pp, idinvert); PTI is refine=pti")
+    if method == "optimize" and cfg.init not in ("mean", "random", "encoder"):
+        raise ValueError(f"init={cfg.init}: expected mean, random or encoder")
+    encoder = cfg.get("inversion_encoder")
+    if (method == "idinvert" or (method == "optimize" and cfg.init == "encoder")) and not encoder:
+        raise ValueError(f"method={method}{' init=encoder' if method == 'optimize' else ''} needs "
+                         "encoder=PATH (an encoder checkpoint)")
+    if encoder and not Path(encoder).is_file():
+        raise FileNotFoundError(f"encoder={encoder}: no such file")
+    if cfg.get("restyle_iters") is not None:
+        _positive_int(cfg, "restyle_iters")
+    if cfg.get("refine") not in (None, "pti"):
+        raise ValueError(f"refine={cfg.refine}: expected pti (or leave it unset)")
     _positive_int(cfg, "batch_size")
     _positive_int(cfg, "grid_max", 0)
     if cfg.get("resize") is not None:
@@ -277,15 +277,15 @@ def torch_device(name):
 
 
 class InverterEncoder(nn.Module):
-    """An inverter's ``encode`` (images -> W+) as the encoder callable OptimizationInversion
-    takes; held as a submodule so it follows the LightningModule to its device."""
+    """An inverter's ``encode`` (images -> W+; ``n_iters`` ReStyle passes) as the encoder callable
+    OptimizationInversion takes; a submodule, so it follows the LightningModule to its device."""
 
-    def __init__(self, inverter):
+    def __init__(self, inverter, n_iters=None):
         super().__init__()
-        self.inverter = inverter
+        self.inverter, self.n_iters = inverter, n_iters
 
     def forward(self, x):
-        return self.inverter.encode(x)
+        return self.inverter.encode(x, n_iters=self.n_iters)
 
 
 def build_loggers(cfg):
@@ -303,15 +303,15 @@ def build_loggers(cfg):
 
 
 # -- the run ----------------------------------------------------------------------------------
-class Inverter:
+class InversionRun:
     """Builds the networks once, then inverts batches of (key, image) pairs."""
 
     def __init__(self, cfg):
         self.cfg = cfg
         self.device = torch_device(cfg.device)
-        method = str(cfg.method)
+        method = str(cfg.inversion_method)
         self.method = method if method in METHODS else "encoder"
-        encoder_path = cfg.encoder if self.method != "encoder" else method
+        encoder_path = cfg.inversion_encoder if self.method != "encoder" else method
         uses_encoder = self.method != "optimize" or cfg.init == "encoder"
         self.inverter = None
         if uses_encoder:
@@ -320,8 +320,9 @@ class Inverter:
             self.inverter = load_inverter(encoder_path, device=self.device).requires_grad_(False)
         if self.inverter is not None:
             self.generator = self.inverter.generator
+            self.encoder = InverterEncoder(self.inverter, cfg.restyle_iters)
         else:
-            self.generator = instantiate(cfg.generator)
+            self.generator, self.encoder = instantiate(cfg.generator), None
         self.generator.requires_grad_(False).eval()
         self.size, full = cfg.resize or self.generator.size, self.generator.size
         if self.size > full or full % self.size:
@@ -344,44 +345,38 @@ class Inverter:
 
     def invert(self, x, keys, name):
         """x [n, 3, S, S] -> (is_global_zero, latents [n, n_latent, D], images [n, 3, R, R],
-        noises per image or None, generator file per image or None)."""
-        main = True
-        noises = None
+        noise maps per image or None, generator file per image or None). Every rank runs every
+        stage (DDP); only global rank zero writes files."""
+        main, noises, generators = True, None, None
         if self.optimize is not None:
-            encoder = InverterEncoder(self.inverter) if self.inverter is not None else None
+            encoder = self.encoder
             module = self.optimize(generator=self.generator, targets=x, encoder=encoder, keys=keys,
                                    w_stats=self.w_stats, name=name)
             main = self.fit(module)
-            if main:
-                ws, images = module.result["latents"], module.result["images"]
-                if module.result["noises"] is not None:
-                    noises = [[n[i:i + 1] for n in module.result["noises"]] for i in range(len(keys))]
+            ws, images = module.result["latents"], module.result["images"]
+            if module.result["noises"] is not None:
+                noises = [[n[i:i + 1] for n in module.result["noises"]] for i in range(len(keys))]
         else:
             self.generator.to(self.device)
             with torch.no_grad():
-                ws = self.inverter.encode(x.to(self.device)).float()
+                ws = self.encoder(x.to(self.device)).float()
                 images = self.generator.synthesis(ws, noise_mode="const").float()
             ws, images = ws.cpu(), images.cpu()
-        generators = None
-        if self.pti is not None and main:
-            generators, noises = [None] * len(keys), None
+        if self.pti is not None:
+            generators, noises = [None] * len(keys), None  # the tuned G has its own (constant) noise
             every = range(len(keys))
-            groups = [[i] for i in every] if self.cfg.refine_per_image else [list(every)]
-            for group in groups:
+            for group in [[i] for i in every] if self.cfg.refine_per_image else [list(every)]:
                 module = self.pti(generator=self.generator, targets=x[group], pivots=ws[group],
                                   keys=[keys[i] for i in group], name=f"{name}_pti")
                 main = self.fit(module)
-                if not main:
-                    continue
                 images[group] = module.result["images"]
                 tag = keys[group[0]] if self.cfg.refine_per_image else f"{keys[group[0]]}.batch"
                 rel = Path("generators") / f"{tag}.pt"
-                save_generator(module.generator, Path(self.cfg.output) / rel)
+                if main:
+                    save_generator(module.generator, Path(self.cfg.output) / rel)
                 for i in group:
                     generators[i] = rel.as_posix()
-        if not main:
-            return False, None, None, None, None
-        return True, ws, images, noises, generators
+        return main, ws, images, noises, generators
 
 
 def load_inputs(paths, size, align):
@@ -429,6 +424,7 @@ def _quiet_lightning():
     warnings.filterwarnings("ignore", message=r".*module\(s\) in eval mode.*")
     warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
     warnings.filterwarnings("ignore", message=r".*treespec, LeafSpec.*")
+    warnings.filterwarnings("ignore", message=r".*smaller than the logging interval.*")
 
 
 def invert(cfg):
@@ -446,7 +442,7 @@ def invert(cfg):
     refine = cfg.get("refine") == "pti"
     todo = [(p, k) for p, k in zip(paths, keys) if not outputs.done(k, refine)]
     skipped = len(paths) - len(todo)
-    runner = Inverter(cfg)
+    runner = InversionRun(cfg)
     metrics = ImageMetrics(cfg.metrics.lpips_net, runner.device)
     rank_zero = all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
     errors, inverted = [], 0

@@ -252,7 +252,8 @@ def test_apply_edit_and_strip(generator, tmp_path):
     with pytest.raises(ValueError, match="needs the generator"):
         apply_edit(ws, "sefa:0:1")
     edit = Edit("sefa:0:0,3:layers=2-5", generator)
-    torch.testing.assert_close(apply_edit(ws, edit), apply_sefa(ws, sefa_directions(generator, "2-5"), 0, [0, 3]))
+    expected = apply_sefa(ws, sefa_directions(generator, "2-5"), 0, [0, 3])
+    torch.testing.assert_close(apply_edit(ws, edit), expected)
 
     strip = edit_strip(generator, ws, edit, batch=3)
     assert strip.shape == (2, 2, 3, 32, 32)

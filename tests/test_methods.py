@@ -11,17 +11,16 @@ import ganinv.methods.e4e as e4e_module
 from ganinv.runner import train
 
 TINY = [
-    "generator=random", "discriminator=random", "loss=embedded", "logger=csv",
+    "generator=random", "loss=embedded", "logger=csv",
     "data.size=32", "data.batch_size=4", "data.train_length=8", "data.val_length=8", "data.test_length=4",
     "trainer.limit_val_batches=1", "trainer.val_check_interval=1000", "trainer.log_every_n_steps=1",
     "callbacks.model_checkpoint.every_n_train_steps=3", "export=false", "+trainer.enable_progress_bar=false",
 ]
-ENCODER = ["method.module.encoder.num_layers=18", "method.module.encoder.head_channels=32"]
-FPN = ENCODER + ["method.module.encoder.input_size=32"]
 
 
 def tiny(method, *extra):
-    return [f"+method={method}", *TINY, *(FPN if method in ("psp", "e4e") else []), *extra]
+    """generator=random also selects the tiny encoder (conf/encoder/random.yaml) and D."""
+    return [f"+method={method}", *TINY, *extra]
 
 
 def _train_curve(output_dir, key):

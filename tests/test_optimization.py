@@ -61,7 +61,8 @@ def targets(g, n, seed=1):
 
 
 def fit(module):
-    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False,
+    # default max_epochs (1000): the module ends the run after its one pass over the steps
+    trainer = pl.Trainer(accelerator="cpu", logger=False, enable_checkpointing=False,
                          enable_progress_bar=False, enable_model_summary=False)
     trainer.fit(module)  # no datamodule, no dataloader: the module owns its targets
     return trainer
@@ -136,8 +137,8 @@ def test_batch_equals_one_by_one(g, stats, lpips):
 
 
 def test_noise_maps_renormalised_per_image(g, stats):
-    module = OptimizationInversion(g, targets(g, 2), steps=5, lr=0.1, noise_init="random", optimize_noise=True,
-                                   noise_regularize=1e5, w_stats=stats)
+    module = OptimizationInversion(g, targets(g, 2), steps=5, lr=0.1, noise_init="random",
+                                   optimize_noise=True, noise_regularize=1e5, w_stats=stats)
     fit(module)
     for n in module.result["noises"]:
         assert torch.allclose(n.mean((1, 2, 3)), torch.zeros(2), atol=1e-5)
@@ -230,8 +231,9 @@ def test_pti_beats_its_pivot_and_saves_a_loadable_generator(g, stats, lpips, tmp
 
 def test_pti_stops_at_the_lpips_threshold_and_locality_starts_at_zero(g, stats, lpips):
     x = targets(g, 1)
+    z = torch.randn(1, g.style_dim, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
-        pivots = g.broadcast(g.mapping(torch.randn(1, g.style_dim, generator=torch.Generator().manual_seed(1))))
+        pivots = g.broadcast(g.mapping(z))  # the code targets(g, 1) was made from
     module = PTI(g, x, pivots, lpips, steps=30, lpips_threshold=0.06)
     assert fit(module).global_step == 0  # the pivot reproduces the target: nothing to tune
     local = PTI(g, targets(g, 2, seed=2), g.broadcast(stats[0].expand(2, -1)), lpips, steps=2,

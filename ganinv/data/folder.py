@@ -112,31 +112,40 @@ class PairedDataset(Dataset):
         return [self._pair(item, i) for item, i in zip(items, indices)]
 
 
-class EpochShuffleSampler(torch.utils.data.Sampler):
-    """Random order that depends only on (seed, epoch); Lightning calls ``set_epoch`` each epoch.
+class ShardSampler(torch.utils.data.Sampler):
+    """This rank's share of an order that depends only on (seed, epoch).
 
-    A generator seeded once would make the order depend on how many epochs this process has
-    run, so a run resumed from a checkpoint would see other batches than an uninterrupted one.
+    The order is a permutation seeded by (seed, epoch) (``shuffle``) or 0..n-1; rank r takes
+    every ``world_size``-th item from r, so step b of all ranks together holds exactly the
+    items of step b of one process with a ``world_size`` times larger batch: a DDP run and a
+    1-process run over the same global batch see the same data. Seeding per epoch (Lightning
+    calls ``set_epoch``) also makes a resumed run see the batches an uninterrupted one would.
+    The tail that does not divide evenly over the ranks is dropped.
     """
 
-    def __init__(self, length: int, seed: int):
-        self.length, self.seed, self.epoch = length, seed, 0
+    def __init__(self, length: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+        self.length, self.seed, self.shuffle = length, seed, shuffle
+        self.rank, self.world_size, self.epoch = rank, world_size, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
     def __iter__(self):
-        g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100003 + self.epoch)
+            order = torch.randperm(self.length, generator=g)
+        else:
+            order = torch.arange(self.length)
+        return iter(order[: len(self) * self.world_size][self.rank:: self.world_size].tolist())
 
     def __len__(self) -> int:
-        return self.length
+        return self.length // self.world_size
 
 
 class _PairedDataModule(pl.LightningDataModule):
-    def __init__(self, batch_size: int, num_workers: int, seed: int):
+    def __init__(self, batch_size: int, num_workers: int, seed: int, shuffle: bool = True):
         super().__init__()
-        self.batch_size, self.num_workers, self.seed = batch_size, num_workers, seed
+        self.batch_size, self.num_workers, self.seed, self.shuffle = batch_size, num_workers, seed, shuffle
         self.datasets: dict[str, Dataset] = {}
 
     def _loader(self, split: str) -> DataLoader:
@@ -144,10 +153,12 @@ class _PairedDataModule(pl.LightningDataModule):
             raise ValueError(f"no {split} data configured for {type(self).__name__}")
         train = split == "train"
         data = self.datasets[split]
+        trainer = self.trainer
+        rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
         return DataLoader(
             data,
             batch_size=self.batch_size,
-            sampler=EpochShuffleSampler(len(data), self.seed) if train else None,
+            sampler=ShardSampler(len(data), self.seed, train and self.shuffle, rank, world),
             drop_last=train,
             num_workers=self.num_workers,
             persistent_workers=self.num_workers > 0,
@@ -184,8 +195,9 @@ class ImageDataModule(_PairedDataModule):
         flip: bool = True,
         task=None,
         seed: int = 0,
+        shuffle: bool = True,
     ):
-        super().__init__(batch_size, num_workers, seed)
+        super().__init__(batch_size, num_workers, seed, shuffle)
         if (root is None) == (train_dir is None and val_dir is None and test_dir is None):
             raise ValueError("give either root (split automatically) or train_dir/val_dir/test_dir, not both")
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
@@ -225,8 +237,9 @@ class ProceduralDataModule(_PairedDataModule):
         num_workers: int = 0,
         seed: int = 0,
         task=None,
+        shuffle: bool = True,
     ):
-        super().__init__(batch_size, num_workers, seed)
+        super().__init__(batch_size, num_workers, seed, shuffle)
         self.size, self.task = size, task
         self.lengths = {"train": train_length, "val": val_length, "test": test_length}
 

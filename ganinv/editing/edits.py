@@ -46,7 +46,8 @@ def _numbers(field: str, what: str, spec: str, cast=float) -> tuple:
     try:
         values = tuple(cast(v) for v in field.split(","))
     except ValueError:
-        raise ValueError(f"edit spec {spec!r}: {what} must be comma-separated numbers, got {field!r}") from None
+        raise ValueError(f"edit spec {spec!r}: {what} must be comma-separated numbers, "
+                         f"got {field!r}") from None
     return values
 
 
@@ -123,5 +124,6 @@ def edit_strip(generator, ws: Tensor, spec: str | EditSpec | Edit, noise_mode="c
     edit = spec if isinstance(spec, Edit) else Edit(spec, generator)
     codes = edit(ws).transpose(0, 1)  # [B, S, n_latent, D]
     flat = codes.reshape(-1, *codes.shape[2:])
-    images = torch.cat([generator.synthesis(flat[i:i + batch], noise_mode) for i in range(0, len(flat), batch)])
+    images = torch.cat([generator.synthesis(flat[i:i + batch], noise_mode)
+                        for i in range(0, len(flat), batch)])
     return images.reshape(*codes.shape[:2], *images.shape[1:])

@@ -27,7 +27,8 @@ def _from_moments(mean: Tensor, cov: Tensor, n_components: int | None) -> dict[s
     if not 1 <= k <= cov.shape[0]:
         raise ValueError(f"n_components must be in [1, {cov.shape[0]}], got {n_components}")
     var, vec = var.flip(0)[:k].clamp_min(0), vec.flip(1)[:, :k]
-    return {"mean": mean.float().reshape(1, -1), "comp": vec.T.float().unsqueeze(1), "std": var.sqrt().float()}
+    return {"mean": mean.float().reshape(1, -1), "comp": vec.T.float().unsqueeze(1),
+            "std": var.sqrt().float()}
 
 
 @torch.no_grad()

@@ -16,7 +16,6 @@ boundary file can never run code.
 from __future__ import annotations
 
 import pickle
-from collections.abc import Sequence
 from pathlib import Path
 from typing import NamedTuple
 
@@ -98,7 +97,8 @@ def train_boundary(latents: Tensor, scores: Tensor, chosen_ratio: float = 0.02, 
     chosen = min(chosen, n // 2)
     n_train = int(chosen * split_ratio)
     if n_train < 1:
-        raise ValueError(f"train_boundary: {n} samples with chosen_ratio {chosen_ratio} leave no training data")
+        raise ValueError(f"train_boundary: {n} samples with chosen_ratio {chosen_ratio} leave no "
+                         "training data")
     gen = torch.Generator().manual_seed(seed)
     pos = x[:chosen][torch.randperm(chosen, generator=gen)]
     neg = x[n - chosen:][torch.randperm(chosen, generator=gen)]
@@ -167,7 +167,7 @@ class _NumpyUnpickler(pickle.Unpickler):
             return self._ALLOWED[(module, name)]
         except KeyError:
             raise UnsafeCheckpointError(
-                f"boundary file {self.name}: refused to load global '{module}.{name}' (it was not imported "
+                f"direction file {self.name}: refused to load global '{module}.{name}' (it was not imported "
                 "or executed); only numpy arrays, numbers, strings, lists and dicts are accepted") from None
 
 
@@ -175,20 +175,19 @@ def _load_npy(path: Path):
     try:
         return np.load(path, allow_pickle=False)
     except ValueError as e:
-        if "allow_pickle" not in str(e):
-            raise ValueError(f"boundary file {path} is not a readable .npy file ({e})") from None
-    with open(path, "rb") as f:  # an object array (IDInvert's dict): header, then a pickle
-        version = np.lib.format.read_magic(f)
-        read_header = getattr(np.lib.format, f"read_array_header_{version[0]}_{version[1]}")
-        shape, _, dtype = read_header(f)
+        if "Object arrays" not in str(e):
+            raise ValueError(f"direction file {path} is not a readable .npy file ({e})") from None
+    with open(path, "rb") as f:  # an object array (IDInvert's dict): .npy header, then a pickle
         try:
+            version = np.lib.format.read_magic(f)
+            shape, _, dtype = getattr(np.lib.format, f"read_array_header_{version[0]}_{version[1]}")(f)
             obj = _NumpyUnpickler(f, str(path)).load()
         except UnsafeCheckpointError:
             raise
-        except Exception as e:  # truncated or corrupt pickles surface as many exception types
-            raise ValueError(f"boundary file {path} is truncated or corrupt ({type(e).__name__})") from None
+        except Exception as e:  # truncated or corrupt data surfaces as many exception types
+            raise ValueError(f"direction file {path} is truncated or corrupt ({type(e).__name__})") from None
     if not dtype.hasobject or not isinstance(obj, np.ndarray) or obj.shape != shape:
-        raise ValueError(f"boundary file {path} is not a numpy object array")
+        raise ValueError(f"direction file {path} is not a numpy object array")
     return obj[()] if obj.ndim == 0 else obj
 
 
@@ -201,12 +200,18 @@ def load_direction(path) -> Direction:
         data = _load_npy(path)
         if isinstance(data, dict):
             if "boundary" not in data:
-                raise ValueError(f"direction file {path}: dict without a 'boundary' entry (keys {sorted(data)})")
+                raise ValueError(f"direction file {path}: dict without a 'boundary' entry "
+                                 f"(keys {sorted(data)})")
             meta = data.get("meta_data")
             layers = meta.get("manipulate_layers") if isinstance(meta, dict) else None
-            return _as_direction(data["boundary"], path, parse_layers(layers))
+            try:
+                layers = parse_layers(layers)
+            except (ValueError, TypeError) as e:
+                raise ValueError(f"direction file {path}: bad manipulate_layers ({e})") from None
+            return _as_direction(data["boundary"], path, layers)
         if not np.issubdtype(np.asarray(data).dtype, np.floating):
-            raise ValueError(f"direction file {path}: expected a float array, got dtype {np.asarray(data).dtype}")
+            raise ValueError(f"direction file {path}: expected a float array, "
+                             f"got dtype {np.asarray(data).dtype}")
         return _as_direction(data, path)
     data = load_torch(path, "direction file")
     if not isinstance(data, Tensor):
@@ -216,12 +221,14 @@ def load_direction(path) -> Direction:
 
 def apply_direction(ws: Tensor, direction: Direction | Tensor, strengths) -> Tensor:
     """ws [B, n_latent, D] -> [S, B, n_latent, D]: ws + s · direction on the direction's rows, one
-    slice per strength s (InterFaceGAN/e4e: w + f·d; IDInvert: only ``manipulate_layers``)."""
+    slice per strength s (InterFaceGAN/e4e: w + f·d; IDInvert: only ``manipulate_layers``).
+    A bare tensor direction ([D], [1, D] or [n_latent, D]) edits every row."""
     if isinstance(direction, Tensor):
         direction = Direction(direction)
     if ws.ndim != 3:
         raise ValueError(f"apply_direction: ws must be [B, n_latent, D], got {tuple(ws.shape)}")
     vec = direction.vector.to(ws)
+    vec = vec.unsqueeze(0) if vec.ndim == 1 else vec
     if vec.ndim != 2 or vec.shape[-1] != ws.shape[-1] or vec.shape[0] not in (1, ws.shape[1]):
         raise ValueError(f"apply_direction: direction {tuple(vec.shape)} does not fit ws {tuple(ws.shape)}")
     s = torch.as_tensor(strengths, dtype=ws.dtype, device=ws.device).reshape(-1, 1, 1, 1)

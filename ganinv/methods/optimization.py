@@ -66,6 +66,12 @@ def image_seed(seed, key):
     return int.from_bytes(digest[:8], "little") >> 1
 
 
+def device_of(module, default):
+    """Where a module's parameters live (``default`` for callables without parameters)."""
+    params = module.parameters() if isinstance(module, nn.Module) else ()
+    return next((p.device for p in params), default)
+
+
 def fit_to(img, size):
     """Average-pool generator outputs [B, 3, S, S] down to ``size`` (pSp's face_pool); as is when equal."""
     return img if tuple(img.shape[-2:]) == tuple(size) else F.adaptive_avg_pool2d(img, size)
@@ -126,6 +132,11 @@ class TargetsModule(pl.LightningModule):
             full = self.trainer.strategy.reduce(full, reduce_op="sum")
         return full
 
+    def zero_loss(self):
+        """A zero connected to every trainable parameter: a rank with no images still takes part
+        in DDP's gradient all-reduce."""
+        return sum(p.sum() for p in self.parameters() if p.requires_grad) * 0.0
+
     def log_curves(self, name, per_image):
         self.history.append(per_image.detach().cpu())
         logs = {f"{name}/{key}": v for key, v in zip(self.keys, per_image)}
@@ -137,10 +148,14 @@ class TargetsModule(pl.LightningModule):
         """Loss per step and image: [steps run, N]."""
         return torch.stack(self.history) if self.history else torch.zeros(0, self.num_images)
 
+    def on_train_epoch_end(self):
+        # One pass over the steps is the whole run, whatever the trainer's max_epochs.
+        self.trainer.should_stop = True
+
     def on_train_end(self):
-        # Computed here, still on the accelerator (Lightning moves the module to CPU at teardown).
-        if self.trainer.is_global_zero:
-            self.result = self.reconstruct()
+        # Here the module is still on the accelerator (Lightning moves it to CPU at teardown);
+        # every rank holds every image's parameters, so every rank has the results.
+        self.result = self.reconstruct()
 
 
 class OptimizationInversion(TargetsModule):
@@ -187,7 +202,7 @@ class OptimizationInversion(TargetsModule):
             encoder.requires_grad_(False).eval()
         self.encoder = encoder
         w_mean, w_std = w_stats if w_stats is not None else w_statistics(generator, n_mean_latent)
-        self.register_buffer("w_mean", w_mean.detach().float().clone())
+        self.register_buffer("w_mean", w_mean.detach().float().to(self.targets.device).clone())
         self.w_std = float(w_std)
         self.register_buffer("done", torch.zeros(self.num_images, dtype=torch.bool))
         self.register_buffer("frozen_at", torch.full((self.num_images,), -1, dtype=torch.long))
@@ -232,18 +247,19 @@ class OptimizationInversion(TargetsModule):
     @torch.no_grad()
     def _initial_latent(self):
         hp, g, n = self.hparams, self.generator, self.num_images
-        device = self.w_mean.device
+        device = self.targets.device
         if hp.init == "encoder":
-            ws = torch.cat([self.encoder(x[None]) for x in self.targets]).float()
+            at = device_of(self.encoder, device)
+            ws = torch.cat([self.encoder(x[None].to(at)) for x in self.targets]).float().to(device)
             if ws.shape[1:] != (g.n_latent, g.style_dim):
                 raise ValueError(f"encoder returned codes {tuple(ws.shape)}, expected "
                                  f"[N, {g.n_latent}, {g.style_dim}] for this generator")
             return ws.mean(1) if hp.latent_space == "w" else ws
         if hp.init == "random":
-            z = self._per_image_randn((g.style_dim,)).to(device)
+            z = self._per_image_randn((g.style_dim,))
             if hp.latent_space == "z":
-                return z
-            w = g.mapping(z)
+                return z.to(device)
+            w = g.mapping(z.to(device_of(g, device))).to(device)
         else:
             w = self.w_mean.expand(n, -1)
         return w.clone() if hp.latent_space == "w" else g.broadcast(w).clone()
@@ -251,10 +267,9 @@ class OptimizationInversion(TargetsModule):
     @torch.no_grad()
     def _initial_noise(self):
         g = self.generator
+        const = [getattr(g.noises, f"noise_{i}").to(self.targets.device) for i in range(g.num_layers)]
         if self.hparams.noise_init == "random":
-            shapes = [m.shape[1:] for m in g.make_noise(1)]
-            return [self._per_image_randn(s).to(self.w_mean.device) for s in shapes]
-        const = [getattr(g.noises, f"noise_{i}") for i in range(g.num_layers)]
+            return [self._per_image_randn(m.shape[1:]).to(self.targets.device) for m in const]
         return [m.expand(self.num_images, -1, -1, -1).clone() for m in const]
 
     # -- synthesis and losses -----------------------------------------------------------
@@ -341,24 +356,26 @@ class OptimizationInversion(TargetsModule):
             opt.param_groups[1]["lr"] = noise_lr
 
         rows = self.shard()
-        ws, img = self.synthesize(rows, strength)
-        losses, lp = self.image_losses(rows, img, ws, noise_phase)
+        img = None
+        if len(rows):
+            ws, img = self.synthesize(rows, strength)
+            losses, lp = self.image_losses(rows, img, ws, noise_phase)
+        else:  # more ranks than images
+            losses = lp = self.targets.new_zeros(0)
         if hp.early_stop_lpips is not None:
             newly = (self.gather(rows, lp) <= hp.early_stop_lpips) & ~self.done
             self.frozen_at[newly] = i
             self.done |= newly
         self.log_curves("loss", self.gather(rows, losses))
         self.log("lr", lr, on_step=True, on_epoch=False, batch_size=1)
-        if hp.image_every and i % hp.image_every == 0:
+        if hp.image_every and i % hp.image_every == 0 and img is not None:
             rec = fit_to(img, self.targets.shape[-2:])
             log_grid(self, f"{hp.name}/target_reconstruction", [self.targets[rows], rec])
         frozen = self.done.clone()
         if frozen.all():
             self.trainer.should_stop = True
             return
-        loss = (losses * ~frozen[rows]).sum() * self.world_size()
-        if len(rows) == 0:  # an empty shard still joins DDP's gradient all-reduce
-            loss = sum(p.sum() for p in self.parameters_per_image()) * 0.0
+        loss = (losses * ~frozen[rows]).sum() * self.world_size() if len(rows) else self.zero_loss()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         kept = [p.detach()[frozen].clone() for p in self.parameters_per_image()] if frozen.any() else None

@@ -48,7 +48,7 @@ class PTI(TargetsModule):
         if pivots.shape != (len(targets), generator.n_latent, generator.style_dim):
             raise ValueError(f"pivots must be [{len(targets)}, {generator.n_latent}, {generator.style_dim}], "
                              f"got {tuple(pivots.shape)}")
-        tuned = copy.deepcopy(generator).train()
+        tuned = copy.deepcopy(generator)
         tuned.requires_grad_(True)
         tuned.style.requires_grad_(False)
         super().__init__(tuned, targets, steps, keys)
@@ -85,22 +85,25 @@ class PTI(TargetsModule):
         opt = self.optimizers()
         rows = self.shard()
         target = self.targets[rows]
-        img = fit_to(self.generator.synthesis(self.pivots[rows], noise_mode=hp.noise_mode), target.shape[-2:])
-        mse = (img - target).pow(2).mean((1, 2, 3))
-        lp = self.lpips(img, target, per_image=True)
-        losses = hp.mse_lambda * mse + hp.lpips_lambda * lp
+        if len(rows):
+            img = self.generator.synthesis(self.pivots[rows], noise_mode=hp.noise_mode)
+            img = fit_to(img, target.shape[-2:])
+            lp = self.lpips(img, target, per_image=True)
+            losses = hp.mse_lambda * (img - target).pow(2).mean((1, 2, 3)) + hp.lpips_lambda * lp
+        else:  # more ranks than images
+            img, lp, losses = None, target.new_zeros(0), target.new_zeros(0)
         full_lpips = self.gather(rows, lp)
         self.log_curves("pti_loss", self.gather(rows, losses))
         self.log_dict({f"pti_lpips/{k}": v for k, v in zip(self.keys, full_lpips)}, on_step=True,
                       on_epoch=False, batch_size=1)
-        if hp.image_every and int(step) % hp.image_every == 0:
+        if hp.image_every and int(step) % hp.image_every == 0 and img is not None:
             log_grid(self, f"{hp.name}/target_reconstruction", [target, img])
         if full_lpips.max() <= hp.lpips_threshold:
             self.trainer.should_stop = True
             return
         if hp.locality_regularization and self.global_step % hp.locality_every == 0 and len(rows):
             losses = losses + self.locality_loss(rows)
-        loss = losses.sum() * self.world_size()
+        loss = losses.sum() * self.world_size() if len(rows) else self.zero_loss()
         opt.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt.step()

@@ -128,11 +128,13 @@ class StyleGAN2(pl.LightningModule):
         return [opt_g, opt_d]
 
     # -- export -------------------------------------------------------------------------
-    def export(self, path, n_mean=10000, extra=None):
-        """Write a rosinality-layout checkpoint: g, g_ema, d, latent_avg [D] (+ ``extra``)."""
+    def export(self, path, n_mean=10000, include_g=False):
+        """Write a rosinality-layout checkpoint: g_ema, d, latent_avg [D] (and the raw ``g`` with
+        ``include_g``; the Lightning checkpoint is what resumes training)."""
         from ..checkpoints.safe import save_atomic
 
-        g_ema = self.g_ema
-        latent_avg = g_ema.mean_latent(n_mean, seed=0)[0]
-        save_atomic({"g": self.generator.state_dict(), "g_ema": g_ema.state_dict(),
-                     "d": self.discriminator.state_dict(), "latent_avg": latent_avg, **(extra or {})}, path)
+        latent_avg = self.g_ema.mean_latent(n_mean, seed=0)[0]
+        out = {"g_ema": self.g_ema.state_dict(), "d": self.discriminator.state_dict(), "latent_avg": latent_avg}
+        if include_g:
+            out["g"] = self.generator.state_dict()
+        save_atomic(out, path)

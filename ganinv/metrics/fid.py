@@ -67,8 +67,9 @@ class DistributionMetrics(nn.Module):
         if feature is None:
             path = inception_weights_path(weights_path)
             if not _torch_fidelity_available():
-                raise ModuleNotFoundError("FID/KID with Inception features needs the torch-fidelity package "
-                                          "(pip install torch-fidelity), or pass feature= a feature extractor")
+                raise ModuleNotFoundError("FID/KID with Inception features needs the torch-fidelity "
+                                          "package (pip install torch-fidelity), or pass feature= a "
+                                          "feature extractor")
             feature = _QuantisedInception(path)
         self.kid_subset_size = kid_subset_size
         # normalize=True only makes torchmetrics probe a feature module without num_features with a
@@ -76,12 +77,14 @@ class DistributionMetrics(nn.Module):
         self.fid = FrechetInceptionDistance(feature=feature, normalize=True)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=".*will save all extracted features.*")
-            self.kid = KernelInceptionDistance(feature=feature, subsets=kid_subsets, subset_size=kid_subset_size)
+            self.kid = KernelInceptionDistance(feature=feature, subsets=kid_subsets,
+                                               subset_size=kid_subset_size)
 
     @torch.no_grad()
     def update(self, images: Tensor, real: bool) -> None:
         if images.ndim != 4 or images.shape[1] != 3:
-            raise ValueError(f"DistributionMetrics.update: expected images [B, 3, H, W], got {tuple(images.shape)}")
+            raise ValueError(f"DistributionMetrics.update: expected images [B, 3, H, W], "
+                             f"got {tuple(images.shape)}")
         x = (images.detach().float().clamp(-1, 1) + 1) / 2
         self.fid.update(x, real=real)
         self.kid.update(x, real=real)

@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+SQRT2 = math.sqrt(2)
+
 
 def make_kernel(k):
     """FIR taps -> normalised 2-D kernel [kh, kw] (1-D taps become their outer product)."""
@@ -38,7 +40,7 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
     return F.conv2d(x, weight, stride=down, groups=c)
 
 
-def fused_leaky_relu(x, bias, negative_slope=0.2, scale=math.sqrt(2)):
+def fused_leaky_relu(x, bias, negative_slope=0.2, scale=SQRT2):
     """leaky_relu(x + bias) * sqrt(2); bias [C] broadcast over dim 1 of x ([B, C, ...])."""
     shape = [1, -1] + [1] * (x.ndim - 2)
     return F.leaky_relu(x + bias.view(shape).to(x.dtype), negative_slope) * scale
