@@ -1,0 +1,142 @@
+"""The end-to-end demo on the embedded default (``make demo``), fully offline on a CPU.
+
+1. trains e4e on procedural faces against the shipped 64 px StyleGAN2 (``train.py``);
+2. inverts held-out faces by the trained encoder and by optimisation (``invert.py``);
+3. fits an InterFaceGAN smile boundary on encoder codes of labelled faces and applies it;
+4. writes ``report.html`` + ``report.png`` (input | reconstructions | edits, metrics table).
+
+    python -m ganinv.demo [--out outputs/demo] [--train-steps 300] [--opt-steps 300] [--n-images 8]
+"""
+import argparse
+import base64
+import csv
+import html
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torchvision
+
+from .config import ASSETS
+from .data.images import load_image, save_image
+from .data.procedural import FACTORS, ProceduralFaces
+
+ROOT = Path(__file__).resolve().parent.parent
+SMILE = FACTORS.index("mouth_curve")
+
+
+def run(script, *overrides, log):
+    """Run train.py / invert.py as a user would; its output goes to ``log``."""
+    t0 = time.time()
+    with open(log, "w") as f:
+        r = subprocess.run([sys.executable, str(ROOT / script), *overrides], stdout=f, stderr=subprocess.STDOUT,
+                           cwd=ROOT, env={**os.environ, "WANDB_SILENT": "true"})
+    if r.returncode != 0:
+        tail = Path(log).read_text().strip().splitlines()[-5:]
+        raise SystemExit(f"demo: {script} failed (exit {r.returncode}), see {log}:\n" + "\n".join(tail))
+    return time.time() - t0
+
+
+def read_metrics(path):
+    rows = list(csv.DictReader(open(path)))
+    mean = {k: sum(float(r[k]) for r in rows) / len(rows) for k in ("mse", "psnr", "ssim", "seconds")}
+    return rows, mean
+
+
+@torch.no_grad()
+def smile_edit(encoder_ckpt, inputs, n_fit=512, strengths=(-3.0, 3.0)):
+    """InterFaceGAN on the trained encoder's codes: label = the renderer's mouth_curve factor."""
+    from .checkpoints import load_inverter
+    from .editing import apply_direction, train_boundary
+
+    inv = load_inverter(encoder_ckpt)
+    faces = ProceduralFaces(n_fit, 64, seed=1, split="val")
+    images, factors = zip(*faces.__getitems__(list(range(n_fit))))
+    codes = torch.cat([inv.encode(torch.stack(images[i:i + 64])) for i in range(0, n_fit, 64)])
+    fit = train_boundary(codes[:, 0], torch.stack(factors)[:, SMILE], chosen_ratio=0.25)
+    ws = inv.encode(inputs)
+    edited = apply_direction(ws, fit.normal, list(strengths))  # [S, B, L, D], every row
+    return [inv.decode(e) for e in edited], fit.val_accuracy
+
+
+def report(out, inputs, rows, metrics, edits, timings, accuracy):
+    """report.png: one row per image (input | e4e | optimisation | smile − | smile +)."""
+    columns = [inputs, *rows, *edits]
+    grid = torch.stack([c.clamp(-1, 1) for c in columns], 1).flatten(0, 1)
+    torchvision.utils.save_image(grid, out / "report.tmp.png", nrow=len(columns), normalize=True,
+                                 value_range=(-1, 1), padding=2)
+    (out / "report.tmp.png").replace(out / "report.png")
+    png = base64.b64encode((out / "report.png").read_bytes()).decode()
+    table = "".join(
+        f"<tr><td>{html.escape(name)}</td><td>{m['mse']:.4f}</td><td>{m['psnr']:.2f}</td><td>{m['ssim']:.3f}</td>"
+        f"<td>{m['seconds']:.3f}</td></tr>" for name, m in metrics.items())
+    steps = "".join(f"<li>{html.escape(k)}: {v:.0f} s</li>" for k, v in timings.items())
+    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ganinv demo</title>
+<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
+img{{image-rendering:pixelated;width:100%}}</style></head><body>
+<h1>ganinv demo — embedded default</h1>
+<p>Held-out procedural faces inverted into the shipped 64 px StyleGAN2. Columns: input | e4e (encoder, one
+forward pass) | optimisation (W+ projector) | smile −3 | smile +3 (InterFaceGAN boundary fitted on e4e codes of
+labelled faces, validation accuracy {accuracy:.2f}).</p>
+<img src="data:image/png;base64,{png}" alt="input, reconstructions and edits">
+<h2>Reconstruction (mean over {len(inputs)} held-out images; MSE on [-1, 1])</h2>
+<table><tr><th>method</th><th>MSE</th><th>PSNR</th><th>SSIM</th><th>s / image</th></tr>{table}</table>
+<h2>Time</h2><ul>{steps}</ul></body></html>"""
+    (out / "report.tmp.html").write_text(page)
+    (out / "report.tmp.html").replace(out / "report.html")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default="outputs/demo")
+    ap.add_argument("--train-steps", type=int, default=300)
+    ap.add_argument("--opt-steps", type=int, default=300)
+    ap.add_argument("--n-images", type=int, default=8)
+    args = ap.parse_args(argv)
+    out = Path(args.out).resolve()
+    if not (ASSETS / "procedural64.pt").is_file():
+        raise SystemExit(f"demo: the embedded generator is missing: {ASSETS / 'procedural64.pt'}")
+    out.mkdir(parents=True, exist_ok=True)
+    timings = {}
+
+    print(f"[1/4] training e4e for {args.train_steps} iterations on procedural faces ...", flush=True)
+    timings["train e4e"] = run(
+        "train.py", "+method=e4e", f"trainer.max_steps={args.train_steps}", "method.module.progressive_start=null",
+        "method.module.lr=3e-4", "logger=csv", f"trainer.val_check_interval={args.train_steps}",
+        "+trainer.enable_progress_bar=false", f"hydra.run.dir={out / 'train'}", log=out / "train.log")
+    encoder = out / "train" / "export" / "e4e.pt"
+
+    print(f"[2/4] inverting {args.n_images} held-out faces by encoder and by optimisation ...", flush=True)
+    test = ProceduralFaces(args.n_images, 64, seed=0, split="test")
+    for i in range(args.n_images):
+        save_image(test[i][0], out / "inputs" / f"face_{i:02d}.png")
+    timings["invert e4e"] = run("invert.py", f"input={out / 'inputs'}", f"output={out / 'e4e'}", f"method={encoder}",
+                                log=out / "invert_e4e.log")
+    timings["invert optimisation"] = run(
+        "invert.py", f"input={out / 'inputs'}", f"output={out / 'optimisation'}", "method=optimize",
+        "inversion.latent_space=w+", f"inversion.steps={args.opt_steps}", "inversion.mse_lambda=1.0",
+        log=out / "invert_optimisation.log")
+
+    print("[3/4] fitting a smile boundary on e4e codes and editing ...", flush=True)
+    t0 = time.time()
+    names = [f"face_{i:02d}" for i in range(args.n_images)]
+    inputs = torch.stack([load_image(out / "inputs" / f"{n}.png") for n in names])
+    edits, accuracy = smile_edit(encoder, inputs)
+    timings["edit"] = time.time() - t0
+
+    print("[4/4] writing the report ...", flush=True)
+    metrics, recons = {}, []
+    for name, folder in (("e4e", "e4e"), ("optimisation (W+)", "optimisation")):
+        metrics[name] = read_metrics(out / folder / "metrics.csv")[1]
+        recons.append(torch.stack([load_image(out / folder / "reconstructions" / f"{n}.png") for n in names]))
+    report(out, inputs, recons, metrics, edits, timings, accuracy)
+    for name, m in metrics.items():
+        print(f"  {name:18s} MSE {m['mse']:.4f}  PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  {m['seconds']:.3f} s/img")
+    print(f"report: {out / 'report.html'} (and report.png)")
+
+
+if __name__ == "__main__":
+    main()
