@@ -39,18 +39,19 @@ def main():
         g = Generator(size, 512, 8, channel_multiplier=2)
         ws = g.broadcast(g.mapping(torch.randn(args.batch, 512))).detach()
 
-        def fwd():
+        def fwd(g=g, ws=ws):
             with torch.no_grad():
                 g.synthesis(ws)
 
-        def fwd_bwd():
+        def fwd_bwd(g=g, ws=ws):
             g.zero_grad(set_to_none=True)
             w = ws.clone().requires_grad_(True)
             g.synthesis(w).square().mean().backward()
 
         rows.append({"size": size, "batch": args.batch, "forward_ms": timed(fwd, args.repeats),
                      "forward_backward_ms": timed(fwd_bwd, args.repeats)})
-    print(f"Generator speed, CPU fp32, {args.threads} threads, torch {torch.__version__}, {platform.processor() or platform.machine()}\n")
+    cpu = platform.processor() or platform.machine()
+    print(f"Generator speed, CPU fp32, {args.threads} threads, torch {torch.__version__}, {cpu}\n")
     print("| size | batch | forward (ms) | forward+backward (ms) |\n|---|---|---|---|")
     for r in rows:
         print(f"| {r['size']} | {r['batch']} | {r['forward_ms']:.0f} | {r['forward_backward_ms']:.0f} |")
