@@ -13,7 +13,7 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg):
-    from ganinv.runner import train
+    from ganinv.runner import main as train
 
     return train(cfg)
 

@@ -34,6 +34,7 @@ from .data.images import IMAGE_EXTENSIONS, load_image, open_image, save_image, t
 from .methods.base import image_grid
 from .methods.optimization import fit_to, w_statistics
 from .methods.pti import save_generator
+from .runner import one_line_errors
 
 COLUMNS = ["image", "mse", "psnr", "ssim", "lpips", "seconds", "generator"]
 METHODS = ("optimize", "idinvert")
@@ -492,8 +493,5 @@ def invert(cfg):
 
 def main(cfg):
     """invert() for the command line: a bad setting or file is one line on stderr, exit 2."""
-    try:
+    with one_line_errors("invert.py"):
         return invert(cfg)
-    except (ValueError, FileNotFoundError, NotADirectoryError, ImportError) as e:
-        print(f"invert.py: {e}", file=sys.stderr)
-        sys.exit(2)

@@ -122,3 +122,15 @@ def test_e4e_resume_matches_uninterrupted(compose_train, tmp_path):
             for name, value in sa[i].items():
                 assert torch.allclose(torch.as_tensor(value).float(), torch.as_tensor(sb[i][name]).float(),
                                       atol=1e-5), (i, name)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("switch", ["compile=true", "trainer.precision=bf16-mixed"])
+def test_speed_switches_train(compose_train, switch):
+    """torch.compile and bf16 autocast are config switches that train every encoder method."""
+    for method in ("psp", "e4e", "idinvert"):
+        cfg = compose_train(*tiny(method, "trainer.max_steps=2", switch))
+        trainer = train(cfg)
+        assert trainer.global_step == 2
+        curve = _train_curve(cfg.paths.output_dir, "train/loss")
+        assert curve and all(torch.isfinite(torch.tensor(curve)))

@@ -2,7 +2,7 @@
 weights_only=True)`` with a short allow-list, NVIDIA pickles through
 :mod:`ganinv.checkpoints.nvidia_pickle`, which uses :func:`load_storage_bytes` for tensors.
 
-Nothing here ever unpickles with ``weights_only=False``: a checkpoint is data, and a file
+Nothing here ever unpickles without ``weights_only``: a checkpoint is data, and a file
 that asks for any other global is refused before that global is imported or called.
 Errors are one line and name the file.
 """

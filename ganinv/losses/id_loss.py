@@ -1,10 +1,9 @@
 """Identity loss of pSp/e4e (``criteria/id_loss.py``): 1 - cosine similarity of ArcFace embeddings."""
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ganinv.checkpoints.safe import load_torch
 from ganinv.nets.irse import Backbone
 
 IR_SE50_HINT = (
@@ -15,11 +14,9 @@ IR_SE50_HINT = (
 
 def load_ir_se50(weights_path):
     """``Backbone(112, 50, 'ir_se', drop_ratio=0.6, affine=True)`` with the weights at ``weights_path``."""
-    path = Path(weights_path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ID-loss weights not found: {path}; {IR_SE50_HINT}")
+    state = load_torch(weights_path, "ID-loss weights", IR_SE50_HINT)
     net = Backbone(input_size=112, num_layers=50, mode="ir_se", drop_ratio=0.6, affine=True)
-    net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True), strict=True)
+    net.load_state_dict(state, strict=True)
     return net
 
 

@@ -4,6 +4,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import resnet50
 
+from ..checkpoints.safe import load_torch
 from .weights import require_file
 
 PREFIX = "module.encoder_q."
@@ -28,7 +29,7 @@ class MocoLoss(nn.Module):
         super().__init__()
         path = require_file(weights_path, "MoCo-v2 ResNet-50",
                             "moco_v2_800ep_pretrain.pth.tar from facebookresearch/moco")
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        checkpoint = load_torch(path, "MoCo-v2 ResNet-50 weights")
         if not isinstance(checkpoint, dict) or "state_dict" not in checkpoint:
             raise ValueError(f"{path}: expected a MoCo checkpoint dict with a 'state_dict' entry")
         state = {k[len(PREFIX):]: v for k, v in checkpoint["state_dict"].items()

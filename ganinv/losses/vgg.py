@@ -4,6 +4,7 @@ from torch import nn
 from torchvision.models import VGG16_Weights
 from torchvision.models.vgg import cfgs, make_layers
 
+from ..checkpoints.safe import load_torch
 from .weights import require_file, torchvision_weights_file
 
 # conv layer name -> index in torchvision's vgg16().features (IDInvert's `layer{i}` uses the same indices)
@@ -60,7 +61,7 @@ class VGG16Features(nn.Module):
         self.eval()
 
     def _load(self, path, prefix, cut):
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_torch(path, "VGG16 weights")
         ours = {}
         for key, value in state.items():
             index, _, param = key.removeprefix(prefix).partition(".")

@@ -18,6 +18,15 @@ def step_uncounted(optimizer):
     optimizer.optimizer.step()
 
 
+def offset_seed_by_rank(trainer):
+    """``seed_everything`` gives every DDP rank the same seed; offset the torch and Python RNGs
+    by rank so ranks draw different z / noise / mixing / pool decisions (no-op on one process)."""
+    if trainer is not None and trainer.world_size > 1:
+        seed = torch.initial_seed() + 1000003 * trainer.global_rank
+        torch.manual_seed(seed)
+        random.seed(seed)
+
+
 def check_precision(trainer):
     if trainer is not None and str(trainer.precision).startswith("16"):
         raise ValueError("trainer.precision=16-mixed is not supported by ganinv methods (manual "

@@ -8,7 +8,7 @@ from torch import nn
 
 from ..checkpoints.safe import save_atomic
 from ..losses import IDLoss, MocoLoss, w_norm
-from .base import check_precision, log_grid, rng_state, set_rng_state
+from .base import check_precision, log_grid, offset_seed_by_rank, rng_state, set_rng_state
 
 PSP_CROP = (35, 223, 32, 220)  # pSp's face crop on 256 px images (ID and *_crop losses)
 
@@ -143,6 +143,7 @@ class EncoderMethod(pl.LightningModule):
     # -- optimisation -------------------------------------------------------------------
     def setup(self, stage):
         check_precision(self.trainer)
+        offset_seed_by_rank(self.trainer)
 
     def trainable_parameters(self):
         params = list(self.encoder.parameters())

@@ -17,7 +17,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..losses.adversarial import d_logistic_loss, g_nonsaturating_loss, lazy_r1
-from .base import check_precision, ema_update, frozen_copy, log_grid, step_uncounted
+from .base import check_precision, ema_update, frozen_copy, log_grid, offset_seed_by_rank, step_uncounted
 
 
 class StyleGAN2(pl.LightningModule):
@@ -49,9 +49,7 @@ class StyleGAN2(pl.LightningModule):
 
     def setup(self, stage):
         check_precision(self.trainer)
-        # DDP: every rank draws different z / mixing decisions.
-        seed = torch.initial_seed() + self.global_rank
-        random.seed(seed)
+        offset_seed_by_rank(self.trainer)
 
     # -- training -----------------------------------------------------------------------
     def training_step(self, batch, batch_idx):
