@@ -5,10 +5,10 @@ Same trunk, heads and state-dict names as pSp's GradualStyleEncoder (e4e's
 """
 import torch
 
-from .psp_encoders import FPNStyleEncoderBase
+from .psp_encoders import FPNStyleEncoderBase, ProgressiveStage
 
 
-class Encoder4Editing(FPNStyleEncoderBase):
+class Encoder4Editing(ProgressiveStage, FPNStyleEncoderBase):
     """[B, input_nc, H, W] images in [-1, 1] -> W+ offsets [B, n_styles, 512] (latent_avg not added).
 
     w0 = styles[0](c3) fills every row; row i (1 <= i <= stage) adds the delta styles[i](feat),
@@ -22,20 +22,6 @@ class Encoder4Editing(FPNStyleEncoderBase):
     def __init__(self, num_layers=50, mode="ir_se", n_styles=18, input_nc=3, input_size=256, head_channels=512):
         super().__init__(num_layers, mode, n_styles, input_nc, input_size, head_channels)
         self.progressive_stage = "all"
-
-    @property
-    def progressive_stage(self):
-        return self._progressive_stage
-
-    @progressive_stage.setter
-    def progressive_stage(self, stage):
-        valid = stage == "all" if isinstance(stage, str) else 0 <= stage < self.style_count
-        if not valid:
-            raise ValueError(
-                f"Encoder4Editing.progressive_stage must be an int in [0, {self.style_count - 1}] or 'all', "
-                f"got {stage!r}"
-            )
-        self._progressive_stage = stage
 
     @property
     def n_deltas(self):

@@ -49,6 +49,25 @@ class GradualStyleBlock(nn.Module):
         return self.linear(x.flatten(1))
 
 
+class ProgressiveStage:
+    """Mixin for e4e-style encoders: ``progressive_stage`` is an int in [0, style_count - 1] (deltas
+    1..stage are on) or ``'all'`` (official ``ProgressiveStage.Inference``); validated on set."""
+
+    progressive = True
+
+    @property
+    def progressive_stage(self):
+        return self._progressive_stage
+
+    @progressive_stage.setter
+    def progressive_stage(self, stage):
+        valid = stage == "all" if isinstance(stage, str) else 0 <= stage < self.style_count
+        if not (self.progressive and valid):
+            raise ValueError(f"{type(self).__name__}.progressive_stage must be an int in [0, "
+                             f"{self.style_count - 1}] or 'all' (progressive encoders only), got {stage!r}")
+        self._progressive_stage = stage
+
+
 def _upsample_add(x, y):
     # Bilinear (not nearest 2x) so odd lateral sizes still line up.
     return F.interpolate(x, size=y.shape[2:], mode="bilinear", align_corners=True) + y

@@ -17,7 +17,7 @@ from torch import nn
 from torchvision.models.resnet import BasicBlock
 
 from .irse import make_body, make_input_layer
-from .psp_encoders import COARSE_IND, MIDDLE_IND, GradualStyleBlock, _check_n_styles, _upsample_add
+from .psp_encoders import COARSE_IND, MIDDLE_IND, GradualStyleBlock, ProgressiveStage, _check_n_styles, _upsample_add
 
 # ResNet-34: (width, blocks, stride of the first block) per stage.
 _RESNET34 = ((64, 3, 1), (128, 4, 2), (256, 6, 2), (512, 3, 2))
@@ -45,7 +45,7 @@ def _check_input(module, x):
         raise ValueError(f"{name} expects [B, {module.input_nc}, H, W] input, got {tuple(x.shape)}")
 
 
-class _SingleMapHeads(nn.Module):
+class _SingleMapHeads(ProgressiveStage, nn.Module):
     """``n_styles`` GradualStyleBlocks on the trunk's last map (16x16 at 256 px input).
 
     Independent heads (ReStyle-pSp), or with ``progressive=True`` e4e's scheme: w0 = styles[0]
@@ -59,18 +59,6 @@ class _SingleMapHeads(nn.Module):
         self.progressive = progressive
         self.styles = nn.ModuleList(GradualStyleBlock(512, 512, 16) for _ in range(n_styles))
         self._progressive_stage = "all"
-
-    @property
-    def progressive_stage(self):
-        return self._progressive_stage
-
-    @progressive_stage.setter
-    def progressive_stage(self, stage):
-        valid = stage == "all" if isinstance(stage, str) else 0 <= stage < self.style_count
-        if not (self.progressive and valid):
-            raise ValueError(f"{type(self).__name__}.progressive_stage must be an int in [0, "
-                             f"{self.style_count - 1}] or 'all' (progressive encoders only), got {stage!r}")
-        self._progressive_stage = stage
 
     def forward(self, x):
         _check_input(self, x)
