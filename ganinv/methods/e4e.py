@@ -28,7 +28,8 @@ class E4E(EncoderMethod):
         if callable(encoder) and not isinstance(encoder, torch.nn.Module):
             encoder = encoder(n_styles=generator.n_latent)
         super().__init__(generator, encoder, **kwargs)
-        self.save_hyperparameters(ignore=["generator", "encoder", "lpips"])
+        # logger=False: train.py logs the whole resolved config once
+        self.save_hyperparameters(ignore=["generator", "encoder", "lpips"], logger=False)
         self.automatic_optimization = False
         if w_discriminator_lambda > 0:
             self.latent_discriminator = LatentCodesDiscriminator(generator.style_dim, 4)

@@ -8,6 +8,7 @@ from torch import nn
 
 from ..checkpoints.safe import save_atomic
 from ..losses import IDLoss, MocoLoss, w_norm
+from ..metrics.image import id_similarity
 from .base import check_precision, log_grid, offset_seed_by_rank, rng_state, set_rng_state
 
 PSP_CROP = (35, 223, 32, 220)  # pSp's face crop on 256 px images (ID and *_crop losses)
@@ -35,7 +36,8 @@ class EncoderMethod(pl.LightningModule):
                  lpips=None, id_weights=None, moco_weights=None, train_noise_mode="random",
                  image_every=250, n_mean_latent=10000):
         super().__init__()
-        self.save_hyperparameters(ignore=["generator", "encoder", "lpips"])
+        # logger=False: train.py logs the whole resolved config once
+        self.save_hyperparameters(ignore=["generator", "encoder", "lpips"], logger=False)
         self.generator = generator
         self.generator.requires_grad_(train_decoder)
         self.encoder = encoder
@@ -57,6 +59,8 @@ class EncoderMethod(pl.LightningModule):
         })
         if self.lpips is not None:
             self.val_metrics["lpips"] = torchmetrics.MeanMetric()
+        if self.id_loss is not None:  # ArcFace similarity, as pSp/e4e report it
+            self.val_metrics["id"] = torchmetrics.MeanMetric()
 
     # -- inversion ----------------------------------------------------------------------
     def encode(self, x):
@@ -128,6 +132,8 @@ class EncoderMethod(pl.LightningModule):
         m["mse"](F.mse_loss(y_hat, y, reduction="none").mean((1, 2, 3)))
         if "lpips" in m:
             m["lpips"](self.lpips(y_hat, y, per_image=True))
+        if "id" in m:
+            m["id"](id_similarity(y_hat, y, self.id_loss))
         self.log_dict({f"{stage}/{k}": v for k, v in m.items()}, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True)
         if batch_idx == 0:

@@ -27,7 +27,8 @@ class IDInvert(EncoderMethod):
         super().__init__(generator, encoder, start_from_latent_avg=False, lr=lr, optimizer="adam",
                          l2_lambda=mse_lambda, lpips_lambda=0.0, train_noise_mode="const",
                          image_every=image_every, n_mean_latent=n_mean_latent)
-        self.save_hyperparameters(ignore=["generator", "encoder", "discriminator", "vgg"])
+        # logger=False: train.py logs the whole resolved config once
+        self.save_hyperparameters(ignore=["generator", "encoder", "discriminator", "vgg"], logger=False)
         self.automatic_optimization = False
         self.discriminator = discriminator.train()
         self.vgg = vgg if feature_lambda > 0 else None

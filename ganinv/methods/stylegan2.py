@@ -25,7 +25,8 @@ class StyleGAN2(pl.LightningModule):
                  path_regularize=0.0, path_batch_shrink=2, mixing=0.9, ema_kimg=10.0,
                  image_every=500, n_sample=16):
         super().__init__()
-        self.save_hyperparameters(ignore=["generator", "discriminator"])
+        # logger=False: train.py logs the whole resolved config once
+        self.save_hyperparameters(ignore=["generator", "discriminator"], logger=False)
         self.automatic_optimization = False
         self.generator = generator.train()
         self.discriminator = discriminator.train()
