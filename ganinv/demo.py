@@ -5,7 +5,9 @@
 3. fits an InterFaceGAN smile boundary on encoder codes of labelled faces and applies it;
 4. writes ``report.html`` + ``report.png`` (input | reconstructions | edits, metrics table).
 
-    python -m ganinv.demo [--out outputs/demo] [--train-steps 300] [--opt-steps 300] [--n-images 8]
+    python -m ganinv.demo [--out outputs/demo] [--train-steps 300] [--opt-steps 300] [--n-images 8] [--max-mse 0.05]
+
+It exits non-zero unless both reconstructions' mean held-out MSE (on [-1, 1]) is below ``--max-mse``.
 """
 import argparse
 import base64
@@ -47,8 +49,13 @@ def read_metrics(path):
 
 
 @torch.no_grad()
-def smile_edit(encoder_ckpt, inputs, n_fit=512, strengths=(-3.0, 3.0)):
-    """InterFaceGAN on the trained encoder's codes: label = the renderer's mouth_curve factor."""
+def smile_edit(encoder_ckpt, inputs, n_fit=512, sigmas=(-2.5, 2.5)):
+    """InterFaceGAN on the trained encoder's codes: label = the renderer's mouth_curve factor.
+
+    Strengths are in units of the codes' spread along the boundary normal (``sigmas`` standard
+    deviations), since a unit step means little in this generator's W. Returns the edited images
+    (one [B, 3, 64, 64] tensor per strength), the boundary's validation accuracy and the strengths.
+    """
     from .checkpoints import load_inverter
     from .editing import apply_direction, train_boundary
 
@@ -57,12 +64,13 @@ def smile_edit(encoder_ckpt, inputs, n_fit=512, strengths=(-3.0, 3.0)):
     images, factors = zip(*faces.__getitems__(list(range(n_fit))))
     codes = torch.cat([inv.encode(torch.stack(images[i:i + 64])) for i in range(0, n_fit, 64)])
     fit = train_boundary(codes[:, 0], torch.stack(factors)[:, SMILE], chosen_ratio=0.25)
-    ws = inv.encode(inputs)
-    edited = apply_direction(ws, fit.normal, list(strengths))  # [S, B, L, D], every row
-    return [inv.decode(e) for e in edited], fit.val_accuracy
+    spread = (codes[:, 0] @ fit.normal[0]).std().item()
+    strengths = [k * spread for k in sigmas]
+    edited = apply_direction(inv.encode(inputs), fit.normal, strengths)  # [S, B, L, D], every row
+    return [inv.decode(e) for e in edited], fit.val_accuracy, strengths
 
 
-def report(out, inputs, rows, metrics, edits, timings, accuracy):
+def report(out, inputs, rows, metrics, edits, timings, accuracy, strengths):
     """report.png: one row per image (input | e4e | optimisation | smile − | smile +)."""
     columns = [inputs, *rows, *edits]
     grid = torch.stack([c.clamp(-1, 1) for c in columns], 1).flatten(0, 1)
@@ -79,8 +87,9 @@ def report(out, inputs, rows, metrics, edits, timings, accuracy):
 img{{image-rendering:pixelated;width:100%}}</style></head><body>
 <h1>ganinv demo — embedded default</h1>
 <p>Held-out procedural faces inverted into the shipped 64 px StyleGAN2. Columns: input | e4e (encoder, one
-forward pass) | optimisation (W+ projector) | smile −3 | smile +3 (InterFaceGAN boundary fitted on e4e codes of
-labelled faces, validation accuracy {accuracy:.2f}).</p>
+forward pass) | optimisation (W+ projector) | smile {strengths[0]:+.1f} | smile {strengths[1]:+.1f} (InterFaceGAN
+boundary fitted on e4e codes of labelled faces, validation accuracy {accuracy:.2f}; strengths are ±2.5 standard
+deviations of those codes along the boundary normal).</p>
 <img src="data:image/png;base64,{png}" alt="input, reconstructions and edits">
 <h2>Reconstruction (mean over {len(inputs)} held-out images; MSE on [-1, 1])</h2>
 <table><tr><th>method</th><th>MSE</th><th>PSNR</th><th>SSIM</th><th>s / image</th></tr>{table}</table>
@@ -95,6 +104,8 @@ def main(argv=None):
     ap.add_argument("--train-steps", type=int, default=300)
     ap.add_argument("--opt-steps", type=int, default=300)
     ap.add_argument("--n-images", type=int, default=8)
+    ap.add_argument("--max-mse", type=float, default=0.05,
+                    help="fail unless every method's held-out MSE (on [-1, 1]) is below this bound")
     args = ap.parse_args(argv)
     out = Path(args.out).resolve()
     if not (ASSETS / "procedural64.pt").is_file():
@@ -118,13 +129,13 @@ def main(argv=None):
     timings["invert optimisation"] = run(
         "invert.py", f"input={out / 'inputs'}", f"output={out / 'optimisation'}", "method=optimize",
         "inversion.latent_space=w+", f"inversion.steps={args.opt_steps}", "inversion.mse_lambda=1.0",
-        log=out / "invert_optimisation.log")
+        f"batch_size={args.n_images}", log=out / "invert_optimisation.log")
 
     print("[3/4] fitting a smile boundary on e4e codes and editing ...", flush=True)
     t0 = time.time()
     names = [f"face_{i:02d}" for i in range(args.n_images)]
     inputs = torch.stack([load_image(out / "inputs" / f"{n}.png") for n in names])
-    edits, accuracy = smile_edit(encoder, inputs)
+    edits, accuracy, strengths = smile_edit(encoder, inputs)
     timings["edit"] = time.time() - t0
 
     print("[4/4] writing the report ...", flush=True)
@@ -132,10 +143,14 @@ def main(argv=None):
     for name, folder in (("e4e", "e4e"), ("optimisation (W+)", "optimisation")):
         metrics[name] = read_metrics(out / folder / "metrics.csv")[1]
         recons.append(torch.stack([load_image(out / folder / "reconstructions" / f"{n}.png") for n in names]))
-    report(out, inputs, recons, metrics, edits, timings, accuracy)
+    report(out, inputs, recons, metrics, edits, timings, accuracy, strengths)
     for name, m in metrics.items():
         print(f"  {name:18s} MSE {m['mse']:.4f}  PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  {m['seconds']:.3f} s/img")
     print(f"report: {out / 'report.html'} (and report.png)")
+    worst = max(metrics, key=lambda name: metrics[name]["mse"])
+    if metrics[worst]["mse"] >= args.max_mse:
+        raise SystemExit(f"demo: {worst} held-out MSE {metrics[worst]['mse']:.4f} is not below the bound "
+                         f"--max-mse {args.max_mse}")
 
 
 if __name__ == "__main__":

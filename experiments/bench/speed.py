@@ -279,7 +279,8 @@ def run_method(spec, device):
         imgs = procedural_batches(min(n, 4), spec["batch"], module.generator.size)
         batches = [{"x": imgs[i % len(imgs)], "y": imgs[i % len(imgs)]} for i in range(n)]
         timer = StepTimer()
-        trainer_for(spec, [timer], tmp).fit(module, train_dataloaders=batches)
+        loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the ready batches as they are
+        trainer_for(spec, [timer], tmp).fit(module, train_dataloaders=loader)
     return timer.step_times(spec["warmup"])
 
 
@@ -349,15 +350,15 @@ def measure_isolated(spec):
 
 
 # -- DDP scaling ------------------------------------------------------------------------------
-def ddp_run(out, processes, batch, steps, warmup):
-    """One ``train.py +method=psp`` run; -> median seconds per iteration on rank 0 (intervals
-    between consecutive step ends after ``warmup`` steps)."""
+def ddp_run(out, processes, batch, steps, warmup, extra=()):
+    """One ``train.py +method=psp`` run (``extra``: more overrides) -> seconds of each iteration
+    after ``warmup`` on rank 0 (intervals between consecutive step ends)."""
     timing = Path(out) / "steps.json"
     args = ["+method=psp", "logger=csv", "export=false", "trainer.precision=32", "trainer.accelerator=cpu",
             f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", "+trainer.enable_progress_bar=false",
             f"data.batch_size={batch}", "data.val_length=0", "data.test_length=0", "method.module.image_every=0",
             "+callbacks.bench_timer._target_=speed.StepTimer", f"+callbacks.bench_timer.path={timing}",
-            f"hydra.run.dir={out}"]
+            f"hydra.run.dir={out}", *extra]
     args += ["trainer=ddp", f"trainer.devices={processes}"] if processes > 1 else ["trainer.devices=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
@@ -370,12 +371,13 @@ def ddp_run(out, processes, batch, steps, warmup):
     return intervals
 
 
-def ddp_scaling(batch, steps, warmup):
+def ddp_scaling(batch, steps, warmup, extra=()):
+    """1-process and 2-process rows; the 2-process row carries ``efficiency``."""
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for processes in (1, 2):
             try:
-                times = ddp_run(Path(tmp) / f"p{processes}", processes, batch, steps, warmup)
+                times = ddp_run(Path(tmp) / f"p{processes}", processes, batch, steps, warmup, extra)
             except RuntimeError as e:
                 rows.append({"processes": processes, "batch_per_process": batch, "error": str(e).splitlines()[-1]})
                 continue
@@ -544,6 +546,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2, help="torch threads per measurement (official: 2)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, --quick 1)")
     ap.add_argument("--ddp-steps", type=int, default=None, help="steps per DDP run (default 30, --quick 5)")
+    ap.add_argument("--ddp-args", nargs="*", default=[], help="extra train.py overrides for the DDP runs, e.g. "
+                    "trainer.strategy.find_unused_parameters=false")
     ap.add_argument("--json", default=None,
                     help="default experiments/results/bench.json (--quick: bench_quick.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -569,7 +573,7 @@ def main(argv=None):
         print(f"[{time.perf_counter() - t_start:6.0f} s] {row['name']} ({row['device']} {row['precision']}, "
               f"batch {row['batch']}): {status}", file=sys.stderr, flush=True)
     if "ddp" in args.only:
-        result["rows"] += ddp_scaling(4, ddp_steps, warmup=2 if args.quick else 5)
+        result["rows"] += ddp_scaling(4, ddp_steps, 2 if args.quick else 5, args.ddp_args)
     result["seconds_total"] = time.perf_counter() - t_start
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))
