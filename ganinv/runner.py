@@ -1,5 +1,6 @@
 """The body of train.py: instantiate what the config names, fit, test, export."""
 import contextlib
+import itertools
 import os
 import re
 import sys
@@ -97,6 +98,15 @@ def build_callbacks(cfg):
     return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
 
 
+def to_channels_last(model):
+    """Store every 4-D parameter and buffer NHWC, in place: oneDNN / cuDNN then keep activations NHWC
+    end to end (no reorders around each conv). Not ``module.to(memory_format=...)``, which refuses
+    the 5-D modulated-conv weights."""
+    for tensor in itertools.chain(model.parameters(), model.buffers()):
+        if tensor.ndim == 4:
+            tensor.data = tensor.data.contiguous(memory_format=torch.channels_last)
+
+
 def compile_nets(model):
     """torch.compile the encoder (in place, state-dict names unchanged) and the generator's
     ``synthesis``, which the methods call directly. Discriminators stay eager: their R1 penalty
@@ -129,6 +139,8 @@ def train(cfg: DictConfig):
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.method.module)
+    if cfg.get("channels_last"):
+        to_channels_last(model)
     if cfg.get("compile"):
         compile_nets(model)
     callbacks = build_callbacks(cfg)  # before the loggers write anything

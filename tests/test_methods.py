@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import compose_config
 from hydra.utils import instantiate
 
 import ganinv.methods.e4e as e4e_module
@@ -125,12 +126,17 @@ def test_e4e_resume_matches_uninterrupted(compose_train, tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("switch", ["compile=true", "trainer.precision=bf16-mixed"])
+@pytest.mark.parametrize("switch", ["compile=true", "trainer.precision=bf16-mixed", "channels_last=true"])
 def test_speed_switches_train(compose_train, switch):
-    """torch.compile and bf16 autocast are config switches that train every encoder method."""
+    """torch.compile, bf16 autocast and channels_last are config switches that train every encoder method."""
     for method in ("psp", "e4e", "idinvert"):
         cfg = compose_train(*tiny(method, "trainer.max_steps=2", switch))
         trainer = train(cfg)
         assert trainer.global_step == 2
         curve = _train_curve(cfg.paths.output_dir, "train/loss")
         assert curve and all(torch.isfinite(torch.tensor(curve)))
+        if switch == "channels_last=true":  # same math as NCHW: the same losses to float32 rounding
+            nchw = Path(cfg.paths.output_dir) / f"nchw_{method}"
+            assert train(compose_config("train", tiny(method, "trainer.max_steps=2"), nchw)).global_step == 2
+            expected = _train_curve(nchw, "train/loss")
+            torch.testing.assert_close(torch.tensor(curve), torch.tensor(expected), rtol=1e-4, atol=1e-5)
