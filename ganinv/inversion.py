@@ -381,13 +381,16 @@ class InversionRun:
 
 
 def load_inputs(paths, size, align):
-    """Load each file (FFHQ-aligned with ``align``) -> (list of [3, size, size] or None, errors)."""
+    """Load each file (FFHQ-aligned with ``align``) -> (list of [3, size, size] or None, errors).
+    Conversion warnings (RGBA, greyscale, 16-bit, ...) are printed as one line each on stderr."""
     images, errors = [], []
     for path in paths:
         try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
                 images.append(align_face(path, size) if align else load_image(path, size))
+            for w in caught:
+                print(f"warning: {w.message}", file=sys.stderr)
         except (ValueError, FileNotFoundError, OSError) as e:
             images.append(None)
             errors.append(str(e) if str(path) in str(e) else f"{path}: {e}")
@@ -446,7 +449,7 @@ def invert(cfg):
     runner = InversionRun(cfg)
     metrics = ImageMetrics(cfg.metrics.lpips_net, runner.device)
     rank_zero = all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-    errors, inverted = [], 0
+    errors, diverged, inverted = [], [], 0
     bar = tqdm(total=len(todo), unit="img", disable=None if rank_zero else True, file=sys.stderr)
     for start in range(0, len(todo), cfg.batch_size):
         batch = todo[start:start + cfg.batch_size]
@@ -468,24 +471,33 @@ def invert(cfg):
         scores = metrics(recon, x)
         rows = []
         for i, key in enumerate(batch_keys):
+            if not (torch.isfinite(ws[i]).all() and torch.isfinite(recon[i]).all()):
+                diverged.append(key)
+                continue
             outputs.write_image(key, recon[i], ws[i], None if noises is None else noises[i],
                                 x[i] if cfg.align else None)
             generator = generators[i] if generators else ""
             rows.append({"image": key, **scores[i], "seconds": seconds, "generator": generator})
-        outputs.add_rows(rows)
-        inverted += len(good)
+        if rows:
+            outputs.add_rows(rows)
+        inverted += len(rows)
         bar.set_postfix(mse=f"{_mean(rows, 'mse'):.4f}")
     bar.close()
     if not rank_zero:
         return None
+    failed = errors + [f"{key}: the inversion diverged (non-finite latent or image), nothing written"
+                       for key in diverged]
+    if failed and not inverted and not skipped:
+        raise ValueError(f"input={cfg.input}: no image could be inverted: {'; '.join(failed)}")
     shown = write_grid(outputs, paths, keys, runner.size, cfg.grid_max, cfg.align) if cfg.grid_max else 0
     rows = list(outputs.rows.values())
-    summary = {"inverted": inverted, "skipped": skipped, "unreadable": errors, "images": len(rows),
-               "mse": _mean(rows, "mse"), "psnr": _mean(rows, "psnr"), "ssim": _mean(rows, "ssim"),
+    summary = {"inverted": inverted, "skipped": skipped, "unreadable": errors, "diverged": diverged,
+               "images": len(rows), "mse": _mean(rows, "mse"), "psnr": _mean(rows, "psnr"), "ssim": _mean(rows, "ssim"),
                "lpips": _mean(rows, "lpips"), "grid": shown, "output": str(outputs.root)}
     lpips = f"{summary['lpips']:.4f}" if metrics.lpips is not None else f"blank ({metrics.lpips_missing})"
     bad = f" ({'; '.join(errors)})" if errors else ""
-    print(f"invert.py: {inverted} inverted, {skipped} already done, {len(errors)} unreadable{bad}; "
+    diverged_text = f"{len(diverged)} diverged ({', '.join(diverged)}), nothing written; " if diverged else ""
+    print(f"invert.py: {inverted} inverted, {skipped} already done, {len(errors)} unreadable{bad}; {diverged_text}"
           f"over {len(rows)} images mse {summary['mse']:.4f} psnr {summary['psnr']:.2f} "
           f"ssim {summary['ssim']:.4f} lpips {lpips} -> {outputs.root}")
     return summary

@@ -122,9 +122,9 @@ CASES = [
          ["invert.py: 2 inverted, 0 already done, 4 unreadable (", "mixed/bomb.png: refused as a possible "
           "decompression bomb", "mixed/corrupt.jpg: corrupt or truncated image", "mixed/empty.png: empty file, "
           "not an image", "mixed/text.png: not a recognised image format"], inverted("face", "sub/other")),
-    Case("invert-folder-of-only-bad-files", "invert.py", ["input=onlybad", *INVERT], 0,
-         ["invert.py: 0 inverted, 0 already done, 3 unreadable (onlybad/corrupt.jpg: ", "onlybad/empty.png: ",
-          "onlybad/text.png: ", "over 0 images"]),
+    Case("invert-folder-of-only-bad-files", "invert.py", ["input=onlybad", *INVERT], 2,
+         ["invert.py: input=onlybad: no image could be inverted: onlybad/corrupt.jpg: ", "onlybad/empty.png: ",
+          "onlybad/text.png: "]),
     Case("invert-missing-input", "invert.py", ["input=nowhere", *INVERT], 2,
          ["invert.py: input=nowhere: no such file or folder"]),
     Case("invert-empty-folder", "invert.py", ["input=emptydir", *INVERT], 2,
@@ -133,6 +133,9 @@ CASES = [
          ["invert.py: input=notes.txt: not an image file"]),
     Case("invert-grey-rgba-16bit-cmyk-converted", "invert.py", ["input=modes", *INVERT], 0,
          ["invert.py: 4 inverted, 0 already done, 0 unreadable;"], inverted("cmyk", "deep16", "grey", "rgba")),
+    Case("invert-diverged-nothing-written", "invert.py", ["input=photos", *INVERT, "inversion.mse_lambda=nan"], 2,
+         ["invert.py: input=photos: no image could be inverted: face: the inversion diverged (non-finite latent "
+          "or image), nothing written"]),
     Case("invert-resize-not-dividing-generator", "invert.py", ["input=photos", "resize=12", *INVERT], 2,
          ["invert.py: resize=12: must divide the generator resolution 32"]),
     # -- invert.py: checkpoints ---------------------------------------------------------------------
@@ -185,6 +188,10 @@ CASES = [
     Case("train-empty-image-folder", "train.py", [*TRAIN, "data=folder", "data.root=emptydir",
                                                   "data.num_workers=0"], 2,
          ["train.py: no images (.jpg, .jpeg, .png, .webp, .bmp) found under emptydir"]),
+    Case("train-fewer-images-than-a-batch", "train.py", [*TRAIN, "data=folder", "data.train_dir=photos",
+                                                         "data.num_workers=0"], 2,
+         ["train.py: data: the training split has 1 images for 1 process(es), fewer than one batch of "
+          "data.batch_size=4 each; add images or lower data.batch_size"]),
     Case("train-missing-pretrained-lpips", "train.py", [*TRAIN, *PROCEDURAL, "loss=default"], 2,
          ["train.py: method.module.lpips: torchvision AlexNet_Weights.IMAGENET1K_V1 weights not found: ",
           "torch_home/hub/checkpoints/alexnet-owt-7be5be79.pth. Put the file there"]),

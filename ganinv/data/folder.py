@@ -155,6 +155,10 @@ class _PairedDataModule(pl.LightningDataModule):
         data = self.datasets[split]
         trainer = self.trainer
         rank, world = (trainer.global_rank, trainer.world_size) if trainer is not None else (0, 1)
+        if train and len(data) // world < self.batch_size:  # drop_last would train on nothing
+            raise ValueError(f"data: the training split has {len(data)} images for {world} process(es), fewer "
+                             f"than one batch of data.batch_size={self.batch_size} each; add images or lower "
+                             "data.batch_size")
         return DataLoader(
             data,
             batch_size=self.batch_size,
