@@ -16,7 +16,6 @@ import logging
 import math
 import os
 import sys
-import tempfile
 import time
 import warnings
 from pathlib import Path
@@ -28,7 +27,7 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from .checkpoints import save_atomic
+from .checkpoints.safe import atomic_write, save_atomic
 from .data.folder import list_images
 from .data.images import IMAGE_EXTENSIONS, load_image, open_image, save_image, to_tensor
 from .methods.base import image_grid
@@ -147,18 +146,6 @@ def collect_inputs(path):
     return paths, keys
 
 
-def _atomic_write(path, write):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            write(f)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-
-
 class Outputs:
     """File layout under the output folder, metrics.csv and which images are finished."""
 
@@ -189,7 +176,7 @@ class Outputs:
         save_image(image, self.path("reconstructions", key, ".png"))
         latent = latent.detach().float().cpu().clone()
         save_atomic(latent, self.path("latents", key, ".pt"))
-        _atomic_write(self.path("latents", key, ".npy"), lambda f: np.save(f, latent.numpy()))
+        atomic_write(self.path("latents", key, ".npy"), lambda f: np.save(f, latent.numpy()))
         if noises is not None:
             save_atomic(noises, self.path("noises", key, ".pt"))
         if aligned is not None:
@@ -202,7 +189,7 @@ class Outputs:
         writer.writeheader()
         writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
                          for row in self.rows.values())
-        _atomic_write(self.csv, lambda f: f.write(text.getvalue().encode()))
+        atomic_write(self.csv, lambda f: f.write(text.getvalue().encode()))
 
 
 # -- metrics --------------------------------------------------------------------------------

@@ -344,3 +344,21 @@ def test_guard_stops_after_too_many_skips_and_rejects_unknown_actions():
     assert torch.equal(model._params(), model.before[0])
     with pytest.raises(ValueError, match="action must be one of stop, skip, got 'ignore'"):
         NonFiniteLossGuard("ignore")
+
+
+def test_atomic_writes_get_umask_permissions_not_0600(tmp_path):
+    """Checkpoints, images and CSVs written through atomic_write are readable as a plain open()
+    would leave them (shared clusters), and no temporary file remains."""
+    from ganinv.checkpoints.safe import atomic_write, save_atomic
+    from ganinv.data.images import save_image
+
+    old = os.umask(0o022)
+    try:
+        save_atomic({"x": torch.zeros(1)}, tmp_path / "a.pt")
+        save_image(torch.zeros(3, 4, 4), tmp_path / "b.png")
+        atomic_write(tmp_path / "c.csv", lambda f: f.write(b"a,b\n"))
+    finally:
+        os.umask(old)
+    for name in ("a.pt", "b.png", "c.csv"):
+        assert (tmp_path / name).stat().st_mode & 0o777 == 0o644, name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.pt", "b.png", "c.csv"]

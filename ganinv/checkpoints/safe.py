@@ -105,16 +105,16 @@ def load_storage_bytes(data, name):
     return storage
 
 
-def save_atomic(obj, path):
-    """``torch.save`` to a temporary file in the target's directory, fsync, then rename over
-    ``path``, so readers never see a half-written checkpoint. Returns the Path."""
+def atomic_write(path, write):
+    """Call ``write(f)`` on a temporary file in ``path``'s directory, fsync, then rename it over
+    ``path``: readers never see a half-written file and a crash leaves no partial one. The file gets
+    the permissions a plain ``open()`` would give (umask), not mkstemp's 0600. Returns the Path."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
-        # os.open with mode 0o666 lets the umask decide permissions, as a plain open() would
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
-            torch.save(obj, f)
+            write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -122,3 +122,8 @@ def save_atomic(obj, path):
         tmp.unlink(missing_ok=True)
         raise
     return path
+
+
+def save_atomic(obj, path):
+    """``torch.save`` through :func:`atomic_write`. Returns the Path."""
+    return atomic_write(path, lambda f: torch.save(obj, f))
