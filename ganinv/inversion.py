@@ -30,6 +30,7 @@ from torch import nn
 from .checkpoints.safe import atomic_write, save_atomic
 from .data.folder import list_images
 from .data.images import IMAGE_EXTENSIONS, load_image, open_image, save_image, to_tensor
+from .editing.edits import Edit, edit_strip, parse_edit
 from .methods.base import image_grid
 from .methods.optimization import fit_to, w_statistics
 from .methods.pti import save_generator
@@ -160,12 +161,12 @@ class Outputs:
     def path(self, kind, key, suffix):
         return self.root / kind / f"{key}{suffix}"
 
-    def done(self, key, need_generator):
+    def done(self, key, need_generator, edit_tags=()):
         row = self.rows.get(key)
         if row is None:
             return False
         files = [self.path("reconstructions", key, ".png"), self.path("latents", key, ".pt"),
-                 self.path("latents", key, ".npy")]
+                 self.path("latents", key, ".npy"), *(self.path(f"edits/{t}", key, ".png") for t in edit_tags)]
         if need_generator:
             if not row.get("generator"):
                 return False
@@ -181,6 +182,10 @@ class Outputs:
             save_atomic(noises, self.path("noises", key, ".pt"))
         if aligned is not None:
             save_image(aligned, self.path("aligned", key, ".png"))
+
+    def write_edit(self, tag, key, strip):
+        """strip [S, 3, H, W] (one image per strength) -> ``edits/<tag>/<key>.png``, side by side."""
+        save_image(torch.cat(list(strip), dim=-1), self.path(f"edits/{tag}", key, ".png"))
 
     def add_rows(self, rows):
         self.rows.update({row["image"]: row for row in rows})
@@ -256,6 +261,26 @@ def check_config(cfg):
         raise ValueError(f"device={cfg.device}: expected one of {', '.join(DEVICES)}")
     if not isinstance(cfg.align, bool):
         raise ValueError(f"align={cfg.align}: expected true or false")
+    for spec in edit_specs(cfg):
+        parse_edit(spec)
+
+
+def edit_specs(cfg):
+    """``edit=`` as a list of spec strings (one string, a list, or nothing)."""
+    edit = cfg.get("edit")
+    if edit is None:
+        return []
+    return [str(edit)] if isinstance(edit, str) else [str(e) for e in edit]
+
+
+def edit_tag(spec):
+    """A folder name for an edit: ``interfacegan_age``, ``ganspace_54_7_8``, ``sefa_0``."""
+    s = parse_edit(spec)
+    if s.kind == "interfacegan":
+        return f"interfacegan_{Path(s.path).stem}"
+    if s.kind == "ganspace":
+        return f"ganspace_{s.index}_{s.start}_{s.end}"
+    return f"sefa_{s.index}"
 
 
 def torch_device(name):
@@ -322,6 +347,7 @@ class InversionRun:
             self.optimize = functools.partial(instantiate(preset), **extra)
             self.w_stats = w_statistics(self.generator, preset.n_mean_latent, seed=cfg.seed)
         self.pti = instantiate(cfg.pti) if cfg.get("refine") == "pti" else None
+        self.edits = {edit_tag(spec): Edit(spec, self.generator) for spec in edit_specs(cfg)}
         self.loggers = None
 
     def fit(self, module):
@@ -331,11 +357,21 @@ class InversionRun:
         trainer.fit(module)
         return trainer.is_global_zero
 
+    def render_edits(self, ws, generator, strips, index):
+        """Edit strips of codes ws [k, n_latent, D] with ``generator`` into strips[tag][index]."""
+        generator.to(self.device)
+        for tag, edit in self.edits.items():
+            images = edit_strip(generator, ws.to(self.device), edit).float().cpu()  # [k, S, 3, R, R]
+            for row, i in enumerate(index):
+                strips[tag][i] = images[row]
+
     def invert(self, x, keys, name):
         """x [n, 3, S, S] -> (is_global_zero, latents [n, n_latent, D], images [n, 3, R, R],
-        noise maps per image or None, generator file per image or None). Every rank runs every
-        stage (DDP); only global rank zero writes files."""
+        noise maps per image or None, generator file per image or None, edit strips
+        {tag: [n strips [S, 3, R, R]]}). Edits use the PTI-tuned generator when refining. Every rank
+        runs every stage (DDP); only global rank zero writes files."""
         main, noises, generators = True, None, None
+        strips = {tag: [None] * len(keys) for tag in self.edits}
         if self.optimize is not None:
             encoder = self.encoder
             module = self.optimize(generator=self.generator, targets=x, encoder=encoder, keys=keys,
@@ -358,13 +394,16 @@ class InversionRun:
                                   keys=[keys[i] for i in group], name=f"{name}_pti")
                 main = self.fit(module)
                 images[group] = module.result["images"]
+                self.render_edits(ws[group], module.generator, strips, group)
                 tag = keys[group[0]] if self.cfg.refine_per_image else f"{keys[group[0]]}.batch"
                 rel = Path("generators") / f"{tag}.pt"
                 if main:
                     save_generator(module.generator, Path(self.cfg.output) / rel)
                 for i in group:
                     generators[i] = rel.as_posix()
-        return main, ws, images, noises, generators
+        else:
+            self.render_edits(ws, self.generator, strips, range(len(keys)))
+        return main, ws, images, noises, generators, strips
 
 
 def load_inputs(paths, size, align):
@@ -431,9 +470,9 @@ def invert(cfg):
     paths, keys = collect_inputs(cfg.input)
     outputs = Outputs(cfg.output)
     refine = cfg.get("refine") == "pti"
-    todo = [(p, k) for p, k in zip(paths, keys) if not outputs.done(k, refine)]
-    skipped = len(paths) - len(todo)
     runner = InversionRun(cfg)
+    todo = [(p, k) for p, k in zip(paths, keys) if not outputs.done(k, refine, runner.edits)]
+    skipped = len(paths) - len(todo)
     metrics = ImageMetrics(cfg.metrics.lpips_net, runner.device)
     rank_zero = all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
     errors, diverged, inverted = [], [], 0
@@ -450,7 +489,7 @@ def invert(cfg):
         batch_keys = [k for k, _ in good]
         t0 = time.perf_counter()
         name = f"batch_{start // cfg.batch_size:05d}"
-        main, ws, recon, noises, generators = runner.invert(x, batch_keys, name)
+        main, ws, recon, noises, generators, strips = runner.invert(x, batch_keys, name)
         seconds = (time.perf_counter() - t0) / len(good)
         bar.update(len(good))
         if not main:
@@ -463,6 +502,8 @@ def invert(cfg):
                 continue
             outputs.write_image(key, recon[i], ws[i], None if noises is None else noises[i],
                                 x[i] if cfg.align else None)
+            for tag, strip in strips.items():
+                outputs.write_edit(tag, key, strip[i])
             generator = generators[i] if generators else ""
             rows.append({"image": key, **scores[i], "seconds": seconds, "generator": generator})
         if rows:

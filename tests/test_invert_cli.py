@@ -229,3 +229,42 @@ def test_presets_carry_the_official_settings(tmp_path):
         350, 3e-4, 1.0, 1.0, 0.06, "alex")
     assert (pti.locality_regularization, pti.locality_psi, pti.locality_alpha, pti.locality_mse_lambda,
             pti.locality_lpips_lambda) == (False, 0.5, 30.0, 0.1, 0.1)
+
+
+def test_edits_write_one_strip_per_image_with_the_pti_generator(workdir, one_thread):
+    """edit= renders an edit strip per image (one column per strength): SeFa and an InterFaceGAN
+    direction file; strength 0 reproduces the reconstruction (the PTI-tuned G when refining)."""
+    g = load_generator(workdir / "g.pt")
+    direction = torch.randn(1, 64)
+    torch.save(direction, workdir / "smile.pt")  # e4e's direction layout: a [1, 512]-like tensor
+    out = workdir / "edits"
+    cfg = compose_config("invert", [f"input={workdir / 'photos'}", f"output={out}", "generator=checkpoint",
+                                    f"generator.path={workdir / 'g.pt'}", "logger=none", "grid_max=0",
+                                    "inversion.steps=3", "inversion.n_mean_latent=100", "refine=pti",
+                                    "pti.steps=2", "pti.lpips_threshold=0",  # random-trunk LPIPS: tune anyway
+                                    f"edit=['sefa:1:-4,0,4','interfacegan:{workdir / 'smile.pt'}:0,2']"], out)
+    summary = inversion.invert(cfg)
+    assert summary["inverted"] == 3
+    for key in KEYS:
+        latent = torch.load(out / "latents" / f"{key}.pt", weights_only=True)
+        recon = load_image(out / "reconstructions" / f"{key}.png")
+        sefa = load_image(out / "edits" / "sefa_1" / f"{key}.png")
+        assert sefa.shape == (3, 32, 3 * 32)
+        assert (sefa[..., 32:64] - recon).abs().max() <= 1 / 127.5 + 1e-6  # strength 0 = reconstruction
+        assert (sefa[..., :32] - recon).abs().mean() > 0.01  # a real edit changes the image
+        shifted = load_image(out / "edits" / "interfacegan_smile" / f"{key}.png")
+        assert shifted.shape == (3, 32, 2 * 32)
+        tuned = load_generator(out / "generators" / f"{key}.pt")
+        with torch.no_grad():
+            expected = tuned.synthesis((latent + 2 * direction)[None], noise_mode="const")[0].clamp(-1, 1)
+            untuned = g.synthesis((latent + 2 * direction)[None], noise_mode="const")[0].clamp(-1, 1)
+        assert (shifted[..., 32:] - expected).abs().max() <= 1 / 127.5 + 1e-5
+        assert (untuned - expected).abs().max() > 2 / 127.5  # the tuned G, not the original, rendered it
+    again = inversion.invert(cfg)
+    assert (again["inverted"], again["skipped"]) == (0, 3)  # edit strips count as outputs
+
+
+def test_a_bad_edit_spec_is_a_one_line_error(tmp_path):
+    cfg = compose_config("invert", ["input=x", "output=y", "edit='sefa:first:-3,3'"], tmp_path)
+    with pytest.raises(ValueError, match=r"edit spec 'sefa:first:-3,3': INDEX must be comma-separated numbers"):
+        inversion.check_config(cfg)

@@ -60,7 +60,6 @@ import warnings
 from contextlib import nullcontext
 from pathlib import Path
 
-import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
@@ -95,12 +94,13 @@ def time_calls(fn, warmup, repeats, device):
     return times
 
 
-class StepTimer(pl.Callback):
+class _StepTimes:
     """Records ``time.perf_counter()`` at the start and end of every training batch (after a CUDA
     sync). With ``path``, rank 0 writes ``{"start": [...], "end": [...]}`` there at the end of
-    training (``train.py`` runs add it as ``+callbacks.bench_timer._target_=speed.StepTimer``)."""
+    training (``train.py`` runs add it as ``+callbacks.bench_timer._target_=speed.step_timer``)."""
 
     def __init__(self, path=None):
+        super().__init__()
         self.path, self.start, self.end = path, [], []
 
     def _now(self, trainer):
@@ -119,6 +119,14 @@ class StepTimer(pl.Callback):
 
     def step_times(self, warmup):
         return [e - s for s, e in zip(self.start, self.end)][warmup:]
+
+
+def step_timer(path=None):
+    """A Lightning callback with ``_StepTimes``' hooks. Lightning is imported here, not at the top,
+    so that measurements without a Trainer do not pay for (or count the memory of) importing it."""
+    import pytorch_lightning as pl
+
+    return type("StepTimer", (_StepTimes, pl.Callback), {})(path)
 
 
 def autocast(spec, device):
@@ -156,6 +164,12 @@ def make_encoder(kind, spec, g, device):
     return cls(n_styles=g.n_latent, **encoder_kwargs(spec)).to(device)
 
 
+def random_images(batch, size, device):
+    """[batch, 3, size, size] uniform in [-1, 1]: the cost of the nets does not depend on content, and
+    the procedural renderer would import Lightning (ganinv.data) into measurements that do not use it."""
+    return torch.rand(batch, 3, size, size, generator=torch.Generator().manual_seed(0)).to(device) * 2 - 1
+
+
 def procedural_batches(n, batch, size, device="cpu"):
     """n distinct procedural-face batches [batch, 3, size, size] in [-1, 1] (fixed seed)."""
     from ganinv.data.procedural import FACTORS, render_batch
@@ -165,6 +179,8 @@ def procedural_batches(n, batch, size, device="cpu"):
 
 
 def trainer_for(spec, callbacks, root):
+    import pytorch_lightning as pl
+
     return pl.Trainer(accelerator="gpu" if spec["device"] == "cuda" else "cpu", devices=1,
                       precision="bf16-mixed" if spec["precision"] == "bf16" else "32-true",
                       max_steps=spec["warmup"] + spec["repeats"], max_epochs=-1, logger=False,
@@ -221,8 +237,7 @@ def e4e_parts(spec, device):
     enc = make_encoder("e4e", spec, g, device)
     enc.progressive_stage = "all"
     avg = g.mean_latent(4096, seed=0)  # [1, 512], broadcast over the W+ rows like latent_avg
-    x = procedural_batches(1, spec["batch"], g.size, device)[0]
-    return g, enc, avg, x
+    return g, enc, avg, random_images(spec["batch"], g.size, device)
 
 
 def run_e4e_step(spec, device):
@@ -258,7 +273,7 @@ def run_encode(spec, device):
     """spec['encoder_kind'] in psp | e4e | idinvert; spec['decode'] also runs G.synthesis."""
     g = make_generator(spec, device).requires_grad_(False)
     enc = make_encoder(spec["encoder_kind"], spec, g, device).eval()
-    x = procedural_batches(1, spec["batch"], g.size, device)[0]
+    x = random_images(spec["batch"], g.size, device)
 
     def infer():
         with torch.no_grad(), autocast(spec, device):
@@ -278,7 +293,7 @@ def run_method(spec, device):
         n = spec["warmup"] + spec["repeats"]
         imgs = procedural_batches(min(n, 4), spec["batch"], module.generator.size)
         batches = [{"x": imgs[i % len(imgs)], "y": imgs[i % len(imgs)]} for i in range(n)]
-        timer = StepTimer()
+        timer = step_timer()
         loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the ready batches as they are
         trainer_for(spec, [timer], tmp).fit(module, train_dataloaders=loader)
     return timer.step_times(spec["warmup"])
@@ -294,7 +309,7 @@ def run_optimization(spec, device):
     vgg = VGG16Features(["conv1_1", "conv1_2", "conv3_2", "conv4_2"], pretrained=False)
     module = OptimizationInversion(g, targets, latent_space="w+", lr=0.01, mse_lambda=1.0, vgg_lambda=1.0,
                                    vgg=vgg, steps=spec["warmup"] + spec["repeats"], w_stats=w_statistics(g))
-    timer = StepTimer()
+    timer = step_timer()
     with tempfile.TemporaryDirectory() as tmp:
         trainer_for(spec, [timer], tmp).fit(module)
     return timer.step_times(spec["warmup"])
@@ -357,7 +372,7 @@ def ddp_run(out, processes, batch, steps, warmup, extra=()):
     args = ["+method=psp", "logger=csv", "export=false", "trainer.precision=32", "trainer.accelerator=cpu",
             f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", "+trainer.enable_progress_bar=false",
             f"data.batch_size={batch}", "data.val_length=0", "data.test_length=0", "method.module.image_every=0",
-            "+callbacks.bench_timer._target_=speed.StepTimer", f"+callbacks.bench_timer.path={timing}",
+            "+callbacks.bench_timer._target_=speed.step_timer", f"+callbacks.bench_timer.path={timing}",
             f"hydra.run.dir={out}", *extra]
     args += ["trainer=ddp", f"trainer.devices={processes}"] if processes > 1 else ["trainer.devices=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
@@ -457,6 +472,8 @@ def available_configs(devices=None, precisions=None):
 
 # -- report -----------------------------------------------------------------------------------
 def machine_info(threads):
+    import pytorch_lightning as pl
+
     cpu = platform.processor() or platform.machine()
     if Path("/proc/cpuinfo").exists():
         names = [ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()

@@ -115,10 +115,12 @@ def fit_boundaries(generator, regressor, factors, n, seed, chosen_ratio=0.1, str
 
 def shared_config(cfg) -> dict:
     """What the shared artefacts depend on (a change rebuilds them)."""
+    from omegaconf import OmegaConf
+
     s = cfg.setting
     return {"generator": str(s.generator), "inputs": str(s.inputs), "n_images": cfg.n_images,
             "seed": cfg.seed, "editability": bool(s.editability),
-            "yardsticks": dict(cfg.yardsticks)}
+            "yardsticks": OmegaConf.to_container(cfg.yardsticks, resolve=True)}
 
 
 def ensure_shared(shared_dir, cfg, log=print):
