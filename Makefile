@@ -30,7 +30,7 @@ lint: venv
 	$(BIN)/ruff check ganinv tests train.py invert.py
 
 bench: venv
-	$(BIN)/python experiments/bench/generator_speed.py
+	$(BIN)/python experiments/bench/speed.py
 
 clean:
 	rm -rf $(VENV) outputs multirun wandb lightning_logs

@@ -15,7 +15,8 @@ TINY_G = dict(size=32, style_dim=512, n_mlp=2, channel_multiplier=2, channel_max
 TINY_E = dict(num_layers=18, mode="ir_se", input_size=32, head_channels=32)
 BASE = dict(device="cpu", precision="32", threads=1, warmup=1, repeats=2, size=32, batch=2, unit="it/s",
             section="test", generator=TINY_G, encoder=TINY_E)
-ROW_KEYS = {"key", "name", "kind", "device", "precision", "batch", "times_s", "seconds", "rate", "unit", "peak_mb"}
+ROW_KEYS = {"key", "name", "kind", "device", "precision", "batch", "times_s", "seconds", "rate", "unit", "peak_mb",
+            "peak_delta_mb"}
 
 
 def tiny(kind, **extra):
@@ -30,10 +31,11 @@ def check_row(row, spec):
     per = spec["batch"] if spec["unit"] == "img/s" else 1
     assert row["rate"] == pytest.approx(per / row["seconds"])
     assert math.isfinite(row["peak_mb"]) and row["peak_mb"] > 100  # Python + torch alone are more
+    assert 0 <= row["peak_delta_mb"] <= row["peak_mb"]
 
 
 def test_plan_has_the_reference_configuration():
-    specs = speed.plan(["ref", "methods", "inference", "optimization"], [64, 256], [("cpu", "32")], 2, 1, 3)
+    specs = speed.plan(["ref", "methods", "inference", "optimization"], [64, 256], [("cpu", "32", "nchw")], 2, 1, 3)
     by_key = {s["key"]: s for s in specs}
     assert len(by_key) == len(specs)  # keys are unique per config
     assert set(speed.OFFICIAL_S) <= by_key.keys()
@@ -59,7 +61,10 @@ def test_plan_has_the_reference_configuration():
                               "method.module.progressive_start=null"]),
     tiny("method", overrides=["+method=idinvert", "generator=random", "method.module.image_every=0"]),
     tiny("optimization"),
-], ids=lambda s: s["kind"] + "_" + s.get("encoder_kind", s.get("overrides", [""])[0].removeprefix("+method=")))
+    tiny("e4e_step", layout="nhwc"),
+    tiny("method", layout="nhwc", overrides=["+method=psp", "generator=random", "method.module.image_every=0"]),
+], ids=lambda s: "_".join(filter(None, [s["kind"], s.get("encoder_kind"), s.get("layout"),
+                                       s.get("overrides", [""])[0].removeprefix("+method=")])))
 def test_measure_tiny(spec):
     check_row(speed.measure(spec), spec)
 
@@ -78,12 +83,12 @@ def test_isolated_row_speedup_and_markdown():
     result = {"machine": speed.machine_info(1), "rows": [{**row, "section": "ref"}, {**ref, "section": "ref",
                                                                                         "name": "e4e step"}]}
     text = speed.markdown(result)
-    assert "| g_forward | cpu | 32 | 2 |" in text
+    assert "| g_forward | cpu fp32 | 2 |" in text
     assert "| 39 | 3.00× ✓ |" in text
 
 
 @pytest.mark.slow
-def test_ddp_scaling_rows(tmp_path):
+def test_ddp_scaling_rows():
     rows = speed.ddp_scaling(batch=2, steps=4, warmup=2)
     assert [r["processes"] for r in rows] == [1, 2]
     for r in rows:

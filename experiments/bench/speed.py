@@ -4,6 +4,7 @@
     python experiments/bench/speed.py --only ref methods   # some parts: ref | methods | inference | optimization | ddp
     python experiments/bench/speed.py --quick              # smoke run: 64 px, 1 timed repeat, short DDP runs
     python experiments/bench/speed.py --device cuda --precision 32 bf16
+    python experiments/bench/speed.py --only ref --precision 32 --layout nchw nhwc   # + channels_last rows
 
 Parts (batch 4 unless said; images in [-1, 1]; W+ codes [B, n_latent, 512]):
 
@@ -20,7 +21,8 @@ Parts (batch 4 unless said; images in [-1, 1]; W+ codes [B, n_latent, 512]):
   e4e row, which has it). LPIPS-alex runs on a random AlexNet trunk (``pnet_rand``): the ImageNet
   weights are not available offline; the architecture and therefore the cost are the same. The
   ``official`` column holds the issue's numbers for rosinality's pure-PyTorch op path on 2 CPU
-  threads; ``speed-up`` = official / ours, shown for CPU fp32 only (identical math).
+  threads; ``speed-up`` = official / ours, shown for CPU fp32 only (identical math; NHWC rows
+  included, the layout does not change the math).
 - ``methods``: training iterations/s of the pSp, e4e and IDInvert LightningModules composed from
   ``conf/`` as ``train.py`` does (``loss=embedded``; e4e at stage 'all', ``progressive_start=null``;
   image grids off): at 64 px the embedded generator with the embedded encoder config, at 256 px
@@ -42,8 +44,9 @@ Parts (batch 4 unless said; images in [-1, 1]; W+ codes [B, n_latent, 512]):
   (2 × 1-process images/s). CPU only.
 
 Every timed number is the median over repeats after warm-up. Each measurement runs in its own
-subprocess, so ``peak MB`` is that process's max RSS (``ru_maxrss``; it includes the ~0.5 GB of
-Python + torch + Lightning) or, on CUDA, ``torch.cuda.max_memory_allocated``.
+subprocess, so ``peak MB`` is that process's max RSS (``ru_maxrss``; it includes the 0.7-1 GB of
+the torch / Lightning libraries) or, on CUDA, ``torch.cuda.max_memory_allocated``; ``Δ MB`` is the
+peak above the level after those imports (what the measurement itself added).
 """
 import argparse
 import json
@@ -129,6 +132,20 @@ def step_timer(path=None):
     return type("StepTimer", (_StepTimes, pl.Callback), {})(path)
 
 
+def nhwc(spec, *modules):
+    """With ``layout: nhwc``, store the modules' 4-D parameters and buffers channels_last, as
+    ``train.py channels_last=true`` does (same math, NHWC kernels)."""
+    if spec.get("layout") == "nhwc":
+        from ganinv.runner import to_channels_last
+
+        for m in modules:
+            to_channels_last(m)
+
+
+def nhwc_input(spec, x):
+    return x.contiguous(memory_format=torch.channels_last) if spec.get("layout") == "nhwc" else x
+
+
 def autocast(spec, device):
     bf16 = spec["precision"] == "bf16"
     return torch.autocast(device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
@@ -212,6 +229,7 @@ def compose_train(overrides, output_dir):
 # -- measurements: spec -> list of seconds ----------------------------------------------------
 def run_g_forward(spec, device):
     g = make_generator(spec, device)
+    nhwc(spec, g)
     z = torch.randn(spec["batch"], g.style_dim, device=device)
 
     def fwd():
@@ -222,6 +240,7 @@ def run_g_forward(spec, device):
 
 def run_g_forward_backward(spec, device):
     g = make_generator(spec, device).requires_grad_(True)
+    nhwc(spec, g)
     z = torch.randn(spec["batch"], g.style_dim, device=device)
 
     def fwd_bwd():
@@ -237,7 +256,8 @@ def e4e_parts(spec, device):
     enc = make_encoder("e4e", spec, g, device)
     enc.progressive_stage = "all"
     avg = g.mean_latent(4096, seed=0)  # [1, 512], broadcast over the W+ rows like latent_avg
-    return g, enc, avg, random_images(spec["batch"], g.size, device)
+    nhwc(spec, g, enc)
+    return g, enc, avg, nhwc_input(spec, random_images(spec["batch"], g.size, device))
 
 
 def run_e4e_step(spec, device):
@@ -246,6 +266,7 @@ def run_e4e_step(spec, device):
 
     g, enc, avg, x = e4e_parts(spec, device)
     lpips = LPIPSLoss("alex", pnet_rand=True).to(device)
+    nhwc(spec, lpips)
     opt = Ranger(enc.parameters(), lr=1e-4)
     enc.train()
 
@@ -273,7 +294,8 @@ def run_encode(spec, device):
     """spec['encoder_kind'] in psp | e4e | idinvert; spec['decode'] also runs G.synthesis."""
     g = make_generator(spec, device).requires_grad_(False)
     enc = make_encoder(spec["encoder_kind"], spec, g, device).eval()
-    x = random_images(spec["batch"], g.size, device)
+    nhwc(spec, g, enc)
+    x = nhwc_input(spec, random_images(spec["batch"], g.size, device))
 
     def infer():
         with torch.no_grad(), autocast(spec, device):
@@ -290,8 +312,9 @@ def run_method(spec, device):
     with tempfile.TemporaryDirectory() as tmp:
         cfg = compose_train(spec["overrides"], tmp)
         module = instantiate(cfg.method.module)
+        nhwc(spec, module)
         n = spec["warmup"] + spec["repeats"]
-        imgs = procedural_batches(min(n, 4), spec["batch"], module.generator.size)
+        imgs = [nhwc_input(spec, x) for x in procedural_batches(min(n, 4), spec["batch"], module.generator.size)]
         batches = [{"x": imgs[i % len(imgs)], "y": imgs[i % len(imgs)]} for i in range(n)]
         timer = step_timer()
         loader = torch.utils.data.DataLoader(batches, batch_size=None)  # the ready batches as they are
@@ -309,6 +332,7 @@ def run_optimization(spec, device):
     vgg = VGG16Features(["conv1_1", "conv1_2", "conv3_2", "conv4_2"], pretrained=False)
     module = OptimizationInversion(g, targets, latent_space="w+", lr=0.01, mse_lambda=1.0, vgg_lambda=1.0,
                                    vgg=vgg, steps=spec["warmup"] + spec["repeats"], w_stats=w_statistics(g))
+    nhwc(spec, module)
     timer = step_timer()
     with tempfile.TemporaryDirectory() as tmp:
         trainer_for(spec, [timer], tmp).fit(module)
@@ -328,17 +352,23 @@ def peak_memory_mb(device):
 
 def measure(spec):
     """Run one measurement in this process: spec (see ``plan``) -> row dict with ``times_s``,
-    ``seconds`` (median), ``rate`` (``unit``: it/s, or img/s for inference) and ``peak_mb``."""
+    ``seconds`` (median), ``rate`` (``unit``: it/s, or img/s for inference), ``peak_mb`` (max RSS
+    of the process, or CUDA max allocated) and ``peak_delta_mb`` (that minus the level after
+    imports, before any net was built)."""
     torch.set_num_threads(spec["threads"])
     torch.manual_seed(0)
     device = torch.device(spec["device"])
+    if spec["kind"] in ("method", "optimization") or spec.get("layout") == "nhwc":
+        import ganinv.runner  # noqa: F401  (Lightning, Hydra: imported before the baseline, not measured)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else peak_memory_mb(device)
     times = KINDS[spec["kind"]](spec, device)
     seconds = statistics.median(times)
     per_image = spec["unit"] == "img/s"
-    return {**spec, "times_s": times, "seconds": seconds,
-            "rate": (spec["batch"] if per_image else 1) / seconds, "peak_mb": peak_memory_mb(device)}
+    peak = peak_memory_mb(device)
+    return {**spec, "times_s": times, "seconds": seconds, "rate": (spec["batch"] if per_image else 1) / seconds,
+            "peak_mb": peak, "peak_delta_mb": peak - base}
 
 
 def annotate(row):
@@ -348,7 +378,7 @@ def annotate(row):
         row["official_s"] = official
         row["speedup"] = official / row["seconds"]
         row["meets_target"] = row["speedup"] >= TARGET_SPEEDUP
-        row["comparable"] = row["threads"] == 2 and row["batch"] == 4  # the official setting
+        row["comparable"] = row["threads"] == 2 and row["batch"] == 4  # the official setting (NHWC: same math)
     return row
 
 
@@ -394,12 +424,13 @@ def ddp_scaling(batch, steps, warmup, extra=()):
             try:
                 times = ddp_run(Path(tmp) / f"p{processes}", processes, batch, steps, warmup, extra)
             except RuntimeError as e:
-                rows.append({"processes": processes, "batch_per_process": batch, "error": str(e).splitlines()[-1]})
+                rows.append({"section": "ddp", "processes": processes, "batch_per_process": batch,
+                             "error": str(e).splitlines()[-1]})
                 continue
             s = statistics.median(times)
-            rows.append({"key": f"ddp/psp_64_p{processes}", "processes": processes, "batch_per_process": batch,
-                         "threads_per_process": 1, "times_s": times, "seconds": s, "rate": 1 / s,
-                         "images_per_s": processes * batch / s})
+            rows.append({"section": "ddp", "key": f"ddp/psp_64_p{processes}", "processes": processes,
+                         "batch_per_process": batch, "threads_per_process": 1, "times_s": times, "seconds": s,
+                         "rate": 1 / s, "images_per_s": processes * batch / s})
     if len(rows) == 2 and all("images_per_s" in r for r in rows):
         rows[1]["efficiency"] = rows[1]["images_per_s"] / (2 * rows[0]["images_per_s"])
     return rows
@@ -417,10 +448,11 @@ def big_or_embedded(size):
 
 
 def plan(parts, sizes, configs, threads, warmup, repeats):
-    """The measurement specs of ``parts`` for every (device, precision) config."""
+    """The measurement specs of ``parts`` for every (device, precision, layout) config."""
     specs, top = [], max(sizes)
-    for device, precision in configs:
-        base = dict(device=device, precision=precision, threads=threads, warmup=warmup, repeats=repeats)
+    for device, precision, layout in configs:
+        base = dict(device=device, precision=precision, layout=layout, threads=threads, warmup=warmup,
+                    repeats=repeats)
 
         def add(section, key, name, kind, size, batch=4, unit="it/s", base=base, **extra):
             specs.append({**base, "section": section, "key": key, "name": name, "kind": kind, "size": size,
@@ -457,16 +489,16 @@ def plan(parts, sizes, configs, threads, warmup, repeats):
     return specs
 
 
-def available_configs(devices=None, precisions=None):
-    """(device, precision) pairs: CPU fp32 always; bf16 where the CPU has native bf16 (AMX or
-    AVX512-BF16) or on CUDA; CUDA when available."""
+def available_configs(devices=None, precisions=None, layouts=("nchw",)):
+    """(device, precision, layout) triples: CPU fp32 always; bf16 where the CPU has native bf16
+    (AMX or AVX512-BF16) or on CUDA; CUDA when available; every layout given."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     native_bf16 = "amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo
     devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     out = []
     for d in devices:
         for p in precisions or (["32", "bf16"] if d == "cuda" or native_bf16 else ["32"]):
-            out.append((d, p))
+            out += [(d, p, layout) for layout in layouts]
     return out
 
 
@@ -492,15 +524,16 @@ def fmt(x, digits=3):
     return f"{x:.{digits}g}" if abs(x) < 10 ** digits else f"{x:.0f}"
 
 
+MEMORY = [("peak MB", "peak_mb"), ("Δ MB", "peak_delta_mb")]
+CONFIG = [("config", "config")]
 COLUMNS = {
-    "ref": [("measurement", "name"), ("device", "device"), ("precision", "precision"), ("batch", "batch"),
-            ("s / call", "seconds"), ("official s", "official_s"), ("speed-up", "speedup"), ("peak MB", "peak_mb")],
-    "methods": [("method", "name"), ("device", "device"), ("precision", "precision"), ("batch", "batch"),
-                ("s / it", "seconds"), ("it/s", "rate"), ("peak MB", "peak_mb")],
-    "inference": [("encoder", "name"), ("device", "device"), ("precision", "precision"), ("batch", "batch"),
-                  ("s / batch", "seconds"), ("img/s", "rate"), ("peak MB", "peak_mb")],
-    "optimization": [("run", "name"), ("device", "device"), ("precision", "precision"), ("images", "batch"),
-                     ("s / step", "seconds"), ("steps/s", "rate"), ("peak MB", "peak_mb")],
+    "ref": [("measurement", "name"), *CONFIG, ("batch", "batch"), ("s / call", "seconds"),
+            ("official s", "official_s"), ("speed-up", "speedup"), *MEMORY],
+    "methods": [("method", "name"), *CONFIG, ("batch", "batch"), ("s / it", "seconds"), ("it/s", "rate"), *MEMORY],
+    "inference": [("encoder", "name"), *CONFIG, ("batch", "batch"), ("s / batch", "seconds"), ("img/s", "rate"),
+                  *MEMORY],
+    "optimization": [("run", "name"), *CONFIG, ("images", "batch"), ("s / step", "seconds"), ("steps/s", "rate"),
+                     *MEMORY],
     "ddp": [("processes", "processes"), ("batch / process", "batch_per_process"), ("s / it", "seconds"),
             ("it/s", "rate"), ("img/s (all)", "images_per_s"), ("efficiency", "efficiency")],
 }
@@ -510,11 +543,14 @@ TITLES = {"ref": "Reference configuration (nets + losses, no Lightning)", "metho
 
 
 def cell(row, field):
+    if field == "config":
+        precision = "fp32" if row["precision"] == "32" else row["precision"]
+        return f"{row['device']} {precision}" + (" NHWC" if row.get("layout") == "nhwc" else "")
     v = row.get(field)
     if field == "speedup" and v is not None:
         mark = "✓" if row["meets_target"] else "✗"
         return f"{v:.2f}× {mark}" + ("" if row["comparable"] else " *")
-    if field == "peak_mb" and v is not None:
+    if field in ("peak_mb", "peak_delta_mb") and v is not None:
         return f"{v:.0f}"
     if isinstance(v, float):
         return fmt(v)
@@ -523,10 +559,11 @@ def cell(row, field):
 
 def markdown(result):
     m = result["machine"]
-    lines = [f"## ganinv speed — {m['cpu']} ({m['cpu_count']} cores), {m['threads']} threads"
+    quick = " (--quick)" if result.get("quick") else ""
+    lines = [f"## ganinv speed{quick} — {m['cpu']} ({m['cpu_count']} cores), {m['threads']} threads"
              + (f", {m['gpu']}" if "gpu" in m else "") + f", torch {m['torch']}, Lightning {m['lightning']}", ""]
     for part in PARTS:
-        rows = [r for r in result["rows"] if r.get("section", "ddp" if "processes" in r else None) == part]
+        rows = [r for r in result["rows"] if r.get("section") == part]
         if not rows:
             continue
         cols = COLUMNS[part]
@@ -540,7 +577,8 @@ def markdown(result):
         lines.append("")
     lines += [
         "Batch 4 unless stated; times are medians over repeats after warm-up; peak MB is the measuring "
-        "process's max RSS (incl. ~0.5 GB of Python/torch) or CUDA max allocated.",
+        "process's max RSS (incl. ~0.7-1 GB of torch/Lightning libraries) or CUDA max allocated; Δ MB is the "
+        "peak above the level after imports.",
         "Reference rows: LPIPS-alex on a random AlexNet trunk (no ImageNet weights offline; same architecture "
         "and cost); e4e step = encoder update at stage 'all', loss MSE + 0.8·LPIPS, Ranger, G frozen, no latent "
         f"discriminator. Official = rosinality's pure-PyTorch op path, fp32, 2 CPU threads; speed-up = official / "
@@ -560,11 +598,13 @@ def main(argv=None):
     ap.add_argument("--sizes", type=int, nargs="+", default=None, help="default 64 256 (--quick: 64)")
     ap.add_argument("--device", nargs="+", choices=["cpu", "cuda"], default=None)
     ap.add_argument("--precision", nargs="+", choices=["32", "bf16"], default=None)
+    ap.add_argument("--layout", nargs="+", choices=["nchw", "nhwc"], default=["nchw"],
+                    help="nhwc: channels_last weights and activations (train.py channels_last=true)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per measurement (official: 2)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, --quick 1)")
     ap.add_argument("--ddp-steps", type=int, default=None, help="steps per DDP run (default 30, --quick 5)")
-    ap.add_argument("--ddp-args", nargs="*", default=[], help="extra train.py overrides for the DDP runs, e.g. "
-                    "trainer.strategy.find_unused_parameters=false")
+    ap.add_argument("--ddp-args", nargs="*", default=[],
+                    help="extra train.py overrides for both DDP runs (1 and 2 processes), e.g. channels_last=true")
     ap.add_argument("--json", default=None,
                     help="default experiments/results/bench.json (--quick: bench_quick.json)")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -579,7 +619,7 @@ def main(argv=None):
     sizes = args.sizes or ([64] if args.quick else [64, 256])
     repeats = args.repeats or (1 if args.quick else 3)
     ddp_steps = args.ddp_steps or (5 if args.quick else 30)
-    configs = available_configs(args.device, args.precision)
+    configs = available_configs(args.device, args.precision, args.layout)
     result = {"machine": machine_info(args.threads), "quick": args.quick, "sizes": sizes, "rows": []}
     out = Path(args.json or ROOT / "experiments/results" / ("bench_quick.json" if args.quick else "bench.json"))
     t_start = time.perf_counter()
@@ -587,8 +627,8 @@ def main(argv=None):
         row = annotate(measure_isolated(spec))
         result["rows"].append(row)
         status = row.get("error") or f"{row['seconds']:.3f} s, {row['rate']:.3g} {row['unit']}, {row['peak_mb']:.0f} MB"
-        print(f"[{time.perf_counter() - t_start:6.0f} s] {row['name']} ({row['device']} {row['precision']}, "
-              f"batch {row['batch']}): {status}", file=sys.stderr, flush=True)
+        print(f"[{time.perf_counter() - t_start:6.0f} s] {row['name']} ({cell(row, 'config')}, batch {row['batch']}): "
+              f"{status}", file=sys.stderr, flush=True)
     if "ddp" in args.only:
         result["rows"] += ddp_scaling(4, ddp_steps, 2 if args.quick else 5, args.ddp_args)
     result["seconds_total"] = time.perf_counter() - t_start
