@@ -125,12 +125,14 @@ def test_batch_equals_one_by_one(g, stats, lpips):
     x, keys = targets(g, 4), ["a", "b", "c", "d"]
     batch = OptimizationInversion(g, x, keys=keys, **kw)
     fit(batch)
+    # atol 1e-3: batched and single convs sum in different orders (by thread count), and 15 Adam
+    # steps at lr 0.1 amplify that to ~2e-4; mixing images up would differ by ~1.
     for i in range(4):
         single = OptimizationInversion(g, x[i:i + 1], keys=keys[i:i + 1], **kw)
         fit(single)
-        assert torch.allclose(single.result["latents"][0], batch.result["latents"][i], atol=1e-4)
+        assert torch.allclose(single.result["latents"][0], batch.result["latents"][i], atol=1e-3)
         for a, b in zip(single.result["noises"], batch.result["noises"]):
-            assert torch.allclose(a[0], b[i], atol=1e-4)
+            assert torch.allclose(a[0], b[i], atol=1e-3)
         assert torch.allclose(single.curves[:, 0], batch.curves[:, i], rtol=1e-4, atol=1e-6)
     moved = (batch.result["latents"] - g.broadcast(stats[0].expand(4, -1))).abs().amax((1, 2))
     assert (moved > 0.1).all()  # the comparison is not between two untouched initialisations
