@@ -30,15 +30,16 @@ ROOT = Path(__file__).resolve().parent.parent
 SMILE = FACTORS.index("mouth_curve")
 
 
-def run(script, *overrides, log):
-    """Run train.py / invert.py as a user would; its output goes to ``log``."""
+def run(script, *overrides, log, prog="demo"):
+    """Run train.py / invert.py as a user would; its output goes to ``log``; a failure exits with
+    ``<prog>: <script> failed ...`` and the log's last lines."""
     t0 = time.time()
     with open(log, "w") as f:
         r = subprocess.run([sys.executable, str(ROOT / script), *overrides], stdout=f, stderr=subprocess.STDOUT,
                            cwd=ROOT, env={**os.environ, "WANDB_SILENT": "true"})
     if r.returncode != 0:
         tail = Path(log).read_text().strip().splitlines()[-5:]
-        raise SystemExit(f"demo: {script} failed (exit {r.returncode}), see {log}:\n" + "\n".join(tail))
+        raise SystemExit(f"{prog}: {script} failed (exit {r.returncode}), see {log}:\n" + "\n".join(tail))
     return time.time() - t0
 
 

@@ -65,11 +65,8 @@ def machine():
 
 
 def run_script(job, script, args, log):
-    """train.py / invert.py as a subprocess (ganinv.demo.run), errors re-labelled for the sweep."""
-    try:
-        return demo.run(script, *args, log=log)
-    except SystemExit as e:
-        raise SystemExit(str(e).replace("demo:", f"sweep.py job={job}:", 1)) from None
+    """train.py / invert.py as a subprocess (ganinv.demo.run), errors labelled with the sweep job."""
+    return demo.run(script, *args, log=log, prog=f"sweep.py job={job}")
 
 
 # -- training ---------------------------------------------------------------------------------
@@ -166,9 +163,10 @@ def log_wandb(cfg, sweep_dir, result):
     import wandb
 
     os.environ.setdefault("WANDB_SILENT", "true")
+    config = {"budget": OmegaConf.to_container(cfg.budget, resolve=True),
+              "job": OmegaConf.to_container(cfg.job, resolve=True)}
     run = wandb.init(project="ganinv", group=cfg.name, job_type=cfg.job.name, name=f"{cfg.name}/{cfg.job.name}",
-                     dir=str(sweep_dir), mode="offline", config={"budget": OmegaConf.to_container(cfg.budget),
-                                                                 "job": OmegaConf.to_container(cfg.job)})
+                     dir=str(sweep_dir), mode="offline", config=config)
     flat = {k: v for k, v in result.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
     run.log(flat)
     run.summary.update(flat)

@@ -21,7 +21,11 @@ trained to tell method rows from sampled w = mapping(z), with images split into 
 balanced held-out accuracy, (TPR on the held-out images' rows + TNR on fresh sampled w) / 2:
 0.5 = indistinguishable from W, 1.0 = always told apart. ``latent_d_detect_per_layer`` is the
 held-out detection rate of each W+ row, ``latent_d_p_real`` the mean held-out P(real) the D gives
-the method's rows (about the value it gives sampled w when indistinguishable).
+the method's rows (graded where the accuracy saturates; about the value it gives sampled w,
+``latent_d_p_real_sampled_w``, when indistinguishable). ``w_radius_ratio``: the mean norm of the
+method's standardised rows over that of sampled w — about 1 for typical codes, below 1 for codes
+collapsed toward the mean w (as encoders starting from latent_avg early in training), above 1 for
+codes outside W's shell.
 """
 from __future__ import annotations
 
@@ -118,7 +122,7 @@ def shared_config(cfg) -> dict:
     from omegaconf import OmegaConf
 
     s = cfg.setting
-    return {"generator": str(s.generator), "inputs": str(s.inputs), "n_images": cfg.n_images,
+    return {"format": 2, "generator": str(s.generator), "inputs": str(s.inputs), "n_images": cfg.n_images,
             "seed": cfg.seed, "editability": bool(s.editability),
             "yardsticks": OmegaConf.to_container(cfg.yardsticks, resolve=True)}
 
@@ -126,7 +130,8 @@ def shared_config(cfg) -> dict:
 def ensure_shared(shared_dir, cfg, log=print):
     """Build (once, under a lock) or reuse the sweep's shared artefacts in ``shared_dir``:
     ``inputs/`` (procedural test faces), ``regressor.pt``, ``boundaries.pt``, ``w_ref.pt`` and
-    ``prepare.json``. -> the prepare record (dict)."""
+    ``prepare.json`` (with ``reference``: the yardsticks on sampled w, the in-domain ceiling).
+    -> the prepare record (dict)."""
     shared_dir = Path(shared_dir)
     want = shared_config(cfg)
     with locked(shared_dir / ".lock"):
@@ -160,7 +165,14 @@ def ensure_shared(shared_dir, cfg, log=print):
             record["regressor"] = stats
             record["boundaries"] = {k: {"val_accuracy": v["val_accuracy"], "sigma": v["sigma"],
                                         "strength": v["strength"]} for k, v in bounds.items()}
-        save_atomic(sample_w(g, y.realism_ref, cfg.seed + 2), shared_dir / "w_ref.pt")
+        w_ref = sample_w(g, y.realism_ref, cfg.seed + 2)
+        save_atomic(w_ref, shared_dir / "w_ref.pt")
+        # The yardsticks on codes that are in W by construction: what a perfect in-domain inversion scores.
+        ws = g.broadcast(sample_w(g, max(cfg.n_images or 16, 2), cfg.seed + 3)).clone()
+        reference = latent_realism(ws, w_ref, y.realism_folds, y.realism_steps, seed=cfg.seed)
+        if s.editability:
+            reference.update(editability(ws, [g] * len(ws), bounds, regressor))
+        record["reference"] = reference
         record["seconds"] = time.time() - t0
         write_json(shared_dir / "prepare.json", record)
         log(f"prepare: shared artefacts in {shared_dir} ({record['seconds']:.0f} s)")
@@ -241,9 +253,11 @@ def latent_realism(codes, w_ref, folds=4, steps=300, lr=1e-3, weight_decay=1e-2,
     p_ref = torch.cat(p_ref)
     detect = (p_fake < 0.5).float()
     tnr = (p_ref >= 0.5).float().mean().item()
+    radius = lambda x: norm(x).norm(dim=-1).mean().item()  # noqa: E731
     return {"latent_d_acc": 0.5 * (detect.mean().item() + tnr),
             "latent_d_detect_per_layer": detect.mean(0).tolist(),
-            "latent_d_p_real": p_fake.mean().item(), "latent_d_p_real_sampled_w": p_ref.mean().item()}
+            "latent_d_p_real": p_fake.mean().item(), "latent_d_p_real_sampled_w": p_ref.mean().item(),
+            "w_radius_ratio": radius(codes.reshape(-1, dim)) / radius(ref_test)}
 
 
 def load_shared(shared_dir, editability_on=True):

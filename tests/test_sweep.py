@@ -1,0 +1,140 @@
+"""The cross-method sweep recipe (experiments/sweep): its yardsticks, the dependency check, the report,
+and (slow) the whole recipe at a tiny budget."""
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from ganinv.checkpoints import load_generator
+from ganinv.config import ASSETS
+from ganinv.metrics import FactorRegressor
+from ganinv.nets.stylegan2 import Generator
+
+ROOT = Path(__file__).resolve().parent.parent
+SWEEP = ROOT / "experiments" / "sweep"
+sys.path.insert(0, str(SWEEP))
+
+import report  # noqa: E402
+import yardsticks  # noqa: E402
+
+TINY = ["n_images=3", "yardsticks.regressor_steps=20", "yardsticks.boundary_samples=200",
+        "yardsticks.realism_ref=100", "yardsticks.realism_steps=20", "budget.train_steps=2",
+        "budget.batch_size=2", "budget.opt_steps=2", "budget.pti_steps=5"]
+
+
+def env():
+    return {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "WANDB_MODE": "offline",
+            "WANDB_SILENT": "true"}
+
+
+def test_latent_realism_tells_codes_outside_w_apart():
+    g = load_generator(ASSETS / "procedural64.pt")
+    ref = yardsticks.sample_w(g, 600, seed=2)
+    in_w = g.broadcast(yardsticks.sample_w(g, 12, seed=7)).clone()  # [12, 10, 512], in W by construction
+    inside = yardsticks.latent_realism(in_w, ref, steps=100)
+    outside = yardsticks.latent_realism(in_w + ref.std(0), ref, steps=100)  # every row 1σ off W
+    central = yardsticks.latent_realism(g.latent_avg.expand_as(in_w).clone(), ref, steps=100)  # all at w̄
+    assert 0.35 <= inside["latent_d_acc"] <= 0.65 and 0.9 <= inside["w_radius_ratio"] <= 1.1
+    assert outside["latent_d_acc"] >= 0.95 and outside["w_radius_ratio"] > 1.2
+    assert central["latent_d_acc"] >= 0.8 and central["w_radius_ratio"] < 0.2  # too typical is also not W
+    assert outside["latent_d_p_real"] < 0.1 < 0.5 < inside["latent_d_p_real"]
+    assert len(outside["latent_d_detect_per_layer"]) == g.n_latent
+    assert min(outside["latent_d_detect_per_layer"]) >= 0.9
+
+
+def test_editability_per_image_generators_and_zero_strength():
+    torch.manual_seed(0)
+    g = Generator(32, 64, n_mlp=2, channel_max=32).eval()
+    regressor = FactorRegressor(size=32).eval()
+    ws = g.broadcast(yardsticks.sample_w(g, 4, seed=1)).clone()
+    normal = torch.nn.functional.normalize(torch.randn(1, 64), dim=1)
+    bounds = {"yaw": {"normal": normal, "strength": 3.0}, "hair_tone": {"normal": -normal, "strength": 3.0}}
+    shared = yardsticks.editability(ws, [g] * 4, bounds, regressor)
+    own = yardsticks.editability(ws, [copy.deepcopy(g) for _ in range(4)], bounds, regressor)  # as PTI's
+    assert own["editability"] == pytest.approx(shared["editability"], abs=1e-6)
+    assert shared["target_shift"] > 0 and 0 <= shared["identity_drift"] <= 1
+    assert shared["editability"] == pytest.approx(shared["target_shift"] - shared["identity_drift"])
+    assert set(shared["per_factor"]) == {"yaw", "hair_tone"}
+    still = yardsticks.editability(ws, [g] * 4, {"yaw": {"normal": normal, "strength": 0.0}}, regressor)
+    assert still["target_shift"] == 0 and still["identity_drift"] == 0 and still["editability"] == 0
+
+
+def test_a_missing_dependency_is_one_line(tmp_path):
+    r = subprocess.run([sys.executable, str(SWEEP / "sweep.py"), "job=opt_domain", f"sweep_dir={tmp_path}"],
+                       capture_output=True, text=True, env=env(), timeout=120)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "needs the idinvert job's encoder" in lines[0] and "job=idinvert" in lines[0]
+    assert not (tmp_path / "shared").exists()  # failed before building anything
+
+
+def fake_result(job, mse, editability, acc):
+    return {"job": job, "label": job, "sweep": "embedded", "setting": "embedded", "n_images": 3, "mse": mse,
+            "psnr": 10.0, "ssim": 0.5, "lpips": None, "editability": editability, "target_shift": 0.2,
+            "identity_drift": 0.2 - editability, "latent_d_acc": acc, "train_seconds": 0.0,
+            "train_shared_with": None, "invert_seconds_per_image": 0.1,
+            "budget": {"train_steps": 2, "batch_size": 2, "opt_steps": 2, "domain_steps": 2, "pti_steps": 2,
+                       "invert_batch": 8},
+            "machine": {"platform": "test", "processor": "cpu", "cpus": 2, "torch": "x", "torch_threads": 1,
+                        "cuda": None}}
+
+
+def test_report_table_orderings_plot_and_notes(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    sweep, out = tmp_path / "sweep", tmp_path / "results"
+    for r in (fake_result("e4e", 0.05, 0.03, 0.7), fake_result("psp", 0.04, 0.01, 0.9),
+              fake_result("opt_w", 0.02, 0.05, 0.6)):
+        yardsticks.write_json(sweep / r["job"] / "result.json", r)
+    yardsticks.write_json(sweep / "shared" / "prepare.json", {"reference": {"editability": 0.08, "latent_d_acc": 0.5}})
+    report.main([str(sweep), "--out", str(out)])
+    text = (out / "sweep.md").read_text()
+    rows = [ln for ln in text.splitlines() if ln.startswith("| ") and ln.split(" | ")[0][2:] in ("psp", "e4e", "opt_w")]
+    assert [r.split(" | ")[0][2:] for r in rows] == ["psp", "e4e", "opt_w"]  # the sweep's job order
+    assert "| pSp reconstructs better than e4e | e4e | mse 0.04 (psp) vs 0.05 (e4e) | yes |" in text
+    assert "| e4e edits better than pSp | e4e | editability 0.03 (e4e) vs 0.01 (psp) | yes |" in text
+    assert "| PTI improves on its pivots' fidelity | PTI | not in this sweep | n/a |" in text
+    assert "*sampled w (reference" in text and "0.080" in text
+    assert Image.open(out / "tradeoff.png").size == (900, 620)
+    assert len(json.loads((out / "sweep.json").read_text())["jobs"]) == 3
+    assert list((sweep / "wandb").glob("offline-run-*"))  # the W&B report run, offline, next to the jobs
+    # a hand-written note survives regeneration
+    (out / "sweep.md").write_text(text.split("## Notes")[0] + "## Notes\n\nwritten by hand\n")
+    report.main([str(sweep), "--out", str(out), "--no-wandb"])
+    assert (out / "sweep.md").read_text().rstrip().endswith("## Notes\n\nwritten by hand")
+
+
+@pytest.mark.slow
+def test_recipe_end_to_end_tiny(tmp_path):
+    sweep, out = tmp_path / "sweep", tmp_path / "results"
+    r = subprocess.run([sys.executable, str(SWEEP / "run.py"), "--jobs", "e4e,e4e_pti,opt_w", "--threads", "1",
+                        "--out", str(out), f"sweep_dir={sweep}", *TINY],
+                       capture_output=True, text=True, env=env(), timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    res = {j: json.loads((sweep / j / "result.json").read_text()) for j in ("e4e", "e4e_pti", "opt_w")}
+    for x in res.values():
+        assert x["n_images"] == 3
+        assert 0 < x["mse"] < 1 and 5 < x["psnr"] < 60 and -1 <= x["ssim"] <= 1
+        assert x["lpips"] is None or 0 <= x["lpips"] <= 1  # None without the pretrained AlexNet weights
+        assert 0 <= x["target_shift"] <= 1 and 0 <= x["identity_drift"] <= 1
+        assert x["editability"] == pytest.approx(x["target_shift"] - x["identity_drift"])
+        assert set(x["editability_per_factor"]) == {"mouth_curve", "yaw", "hair_tone"}
+        assert 0 <= x["latent_d_acc"] <= 1 and len(x["latent_d_detect_per_layer"]) == 10
+        assert x["invert_seconds_per_image"] > 0
+    assert res["e4e"]["train_seconds"] > 0 and res["opt_w"]["train_seconds"] == 0
+    assert res["e4e_pti"]["train_seconds"] == res["e4e"]["train_seconds"]  # PTI reuses e4e's encoder ...
+    assert res["e4e_pti"]["latent_d_acc"] == res["e4e"]["latent_d_acc"]  # ... and its codes (the pivots)
+    assert res["e4e_pti"]["mse"] < res["e4e"]["mse"]  # tuning G toward the targets lowers distortion
+    assert len(list((sweep / "e4e_pti" / "invert" / "generators").glob("*.pt"))) == 3
+    text = (out / "sweep.md").read_text()
+    labels = [ln.split(" | ")[0][2:] for ln in text.splitlines() if ln.startswith("| ") and " | " in ln]
+    assert [x for x in labels if x in ("e4e", "e4e + PTI", "optimisation (W)")] == ["e4e", "optimisation (W)",
+                                                                                    "e4e + PTI"]
+    assert Image.open(out / "tradeoff.png").size == (900, 620)
+    assert len(list((sweep / "wandb").glob("offline-run-*"))) == 4  # three jobs + the report
