@@ -21,7 +21,7 @@ def test_demo_short_schedule_writes_report(tmp_path):
                        capture_output=True, text=True, cwd=ROOT, env=env, timeout=900)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-2000:]
     assert f"report: {out / 'report.html'}" in r.stdout
-    with Image.open(out / "report.png") as png:  # 2 rows x (input | e4e | optimisation | smile − | smile +)
+    with Image.open(out / "report.png") as png:  # 2 rows x (input | e4e | optimisation | edit − | edit +)
         assert png.size == (2 + 5 * (64 + 2), 2 + 2 * (64 + 2))
     page = (out / "report.html").read_text()
     mse = [float(v) for v in re.findall(r"<tr><td>[^<]+</td><td>([0-9.]+)</td>", page)]
