@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ganinv.checkpoints import load_generator, load_torch, save_atomic
+from ganinv.checkpoints.safe import atomic_write
 from ganinv.data.images import save_image
 from ganinv.data.procedural import FACTORS, ProceduralFaces
 from ganinv.editing import apply_direction, train_boundary
@@ -53,11 +54,8 @@ def fingerprint(obj) -> str:
 
 
 def write_json(path, obj):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
-    tmp.replace(path)
+    text = json.dumps(obj, indent=1, default=str) + "\n"
+    atomic_write(path, lambda f: f.write(text.encode()))
 
 
 def read_json(path):
