@@ -19,6 +19,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from .checkpoints.safe import load_torch, save_atomic
 from .config import available_methods
+from .distributed import SyncBatchNormPlugin
 from .methods.guards import NonFiniteLossError
 
 WANDB_RUN_ID = "wandb_run_id.txt"
@@ -144,8 +145,11 @@ def train(cfg: DictConfig):
     if cfg.get("compile"):
         compile_nets(model)
     callbacks = build_callbacks(cfg)  # before the loggers write anything
+    plugins = [SafeCheckpointIO()]
+    if cfg.trainer.get("sync_batchnorm"):  # BatchNorm over the global batch, also on CPU / gloo
+        plugins.append(SyncBatchNormPlugin())
     trainer = instantiate(cfg.trainer, logger=build_loggers(cfg, resuming=ckpt_path is not None) or False,
-                          callbacks=callbacks, plugins=[SafeCheckpointIO()])
+                          callbacks=callbacks, plugins=plugins)
     trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule)

@@ -96,3 +96,35 @@ def test_ddp_scaling_rows():
         assert len(r["times_s"]) == 2 and all(t > 0 for t in r["times_s"])
         assert r["images_per_s"] == pytest.approx(r["processes"] * 2 / r["seconds"])
     assert 0 < rows[1]["efficiency"] < 2
+
+
+HUGE_PAGES = """
+import os, re, ganinv, torch
+x = torch.ones(64 << 18)  # 64 MB, touched
+kb = int(re.search(r"AnonHugePages:\\s+(\\d+)", open("/proc/self/smaps_rollup").read()).group(1))
+print(os.environ["THP_MEM_ALLOC_ENABLE"], kb)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux /proc only")
+def test_importing_ganinv_backs_large_tensors_with_huge_pages_unless_opted_out():
+    import os
+    import subprocess
+    import sys
+
+    thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
+
+    def run(**env):
+        base = {k: v for k, v in os.environ.items() if k != "THP_MEM_ALLOC_ENABLE"}
+        out = subprocess.run([sys.executable, "-c", HUGE_PAGES], capture_output=True, text=True, check=True,
+                             env={**base, **env}).stdout.split()
+        return out[0], int(out[1])
+
+    flag, kb = run()
+    assert flag == "1"
+    if thp.exists() and "[never]" not in thp.read_text():
+        assert kb >= 32 << 10  # most of the 64 MB tensor sits on 2 MB pages
+    flag, kb = run(THP_MEM_ALLOC_ENABLE="0")
+    assert flag == "0"
+    if thp.exists() and "[madvise]" in thp.read_text():  # huge pages only where asked for
+        assert kb < 32 << 10

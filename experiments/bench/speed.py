@@ -43,6 +43,11 @@ Parts (batch 4 unless said; images in [-1, 1]; W+ codes [B, n_latent, 512]):
   data loading and gradient all-reduce included). efficiency = (2-process images/s) /
   (2 × 1-process images/s). CPU only.
 
+Transparent huge pages: importing ganinv sets ``THP_MEM_ALLOC_ENABLE=1`` (PyTorch's CPU allocator
+then backs tensors of 2 MB and more with 2 MB pages); ``--thp off`` measures without (rows marked
+``THP off``). At 256 px a [4, 128, 256, 256] activation is 134 MB: with 4 KB pages every fresh
+allocation costs ~33k page faults, and elementwise ops ran at a third of their speed.
+
 Every timed number is the median over repeats after warm-up. Each measurement runs in its own
 subprocess, so ``peak MB`` is that process's max RSS (``ru_maxrss``; it includes the 0.7-1 GB of
 the torch / Lightning libraries) or, on CUDA, ``torch.cuda.max_memory_allocated``; ``Δ MB`` is the
@@ -385,7 +390,8 @@ def annotate(row):
 def measure_isolated(spec):
     """``measure`` in a fresh subprocess (own peak memory, no state carried over); a failure
     becomes a row with ``error``."""
-    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"])}
+    env = {**os.environ, "OMP_NUM_THREADS": str(spec["threads"]), "MKL_NUM_THREADS": str(spec["threads"]),
+           "THP_MEM_ALLOC_ENABLE": "0" if spec.get("thp") == "off" else "1"}
     r = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)], capture_output=True, text=True,
                        env=env, cwd=ROOT)
     for line in r.stdout.splitlines():
@@ -396,14 +402,14 @@ def measure_isolated(spec):
 
 # -- DDP scaling ------------------------------------------------------------------------------
 def ddp_run(out, processes, batch, steps, warmup, extra=()):
-    """One ``train.py +method=psp`` run (``extra``: more overrides) -> seconds of each iteration
-    after ``warmup`` on rank 0 (intervals between consecutive step ends)."""
+    """One ``train.py +method=psp`` run (``extra``: more overrides; ``trainer.strategy.*`` ones only
+    for DDP) -> seconds of each iteration after ``warmup`` on rank 0 (intervals between step ends)."""
     timing = Path(out) / "steps.json"
     args = ["+method=psp", "logger=csv", "export=false", "trainer.precision=32", "trainer.accelerator=cpu",
             f"trainer.max_steps={steps}", "trainer.limit_val_batches=0", "+trainer.enable_progress_bar=false",
             f"data.batch_size={batch}", "data.val_length=0", "data.test_length=0", "method.module.image_every=0",
             "+callbacks.bench_timer._target_=speed.step_timer", f"+callbacks.bench_timer.path={timing}",
-            f"hydra.run.dir={out}", *extra]
+            f"hydra.run.dir={out}", *(e for e in extra if processes > 1 or not e.startswith("trainer.strategy."))]
     args += ["trainer=ddp", f"trainer.devices={processes}"] if processes > 1 else ["trainer.devices=1"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1",
            "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(__file__).parent), os.environ.get("PYTHONPATH")]))}
@@ -450,9 +456,9 @@ def big_or_embedded(size):
 def plan(parts, sizes, configs, threads, warmup, repeats):
     """The measurement specs of ``parts`` for every (device, precision, layout) config."""
     specs, top = [], max(sizes)
-    for device, precision, layout in configs:
-        base = dict(device=device, precision=precision, layout=layout, threads=threads, warmup=warmup,
-                    repeats=repeats)
+    for device, precision, layout, *thp in configs:
+        base = dict(device=device, precision=precision, layout=layout, thp=(thp or ["on"])[0], threads=threads,
+                    warmup=warmup, repeats=repeats)
 
         def add(section, key, name, kind, size, batch=4, unit="it/s", base=base, **extra):
             specs.append({**base, "section": section, "key": key, "name": name, "kind": kind, "size": size,
@@ -489,16 +495,16 @@ def plan(parts, sizes, configs, threads, warmup, repeats):
     return specs
 
 
-def available_configs(devices=None, precisions=None, layouts=("nchw",)):
-    """(device, precision, layout) triples: CPU fp32 always; bf16 where the CPU has native bf16
-    (AMX or AVX512-BF16) or on CUDA; CUDA when available; every layout given."""
+def available_configs(devices=None, precisions=None, layouts=("nchw",), thps=("on",)):
+    """(device, precision, layout, thp) tuples: CPU fp32 always; bf16 where the CPU has native bf16
+    (AMX or AVX512-BF16) or on CUDA; CUDA when available; every layout and THP setting given."""
     cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     native_bf16 = "amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo
     devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     out = []
     for d in devices:
         for p in precisions or (["32", "bf16"] if d == "cuda" or native_bf16 else ["32"]):
-            out += [(d, p, layout) for layout in layouts]
+            out += [(d, p, layout, thp) for layout in layouts for thp in thps]
     return out
 
 
@@ -545,7 +551,8 @@ TITLES = {"ref": "Reference configuration (nets + losses, no Lightning)", "metho
 def cell(row, field):
     if field == "config":
         precision = "fp32" if row["precision"] == "32" else row["precision"]
-        return f"{row['device']} {precision}" + (" NHWC" if row.get("layout") == "nhwc" else "")
+        return (f"{row['device']} {precision}" + (" NHWC" if row.get("layout") == "nhwc" else "")
+                + (" THP off" if row.get("thp") == "off" else ""))
     v = row.get(field)
     if field == "speedup" and v is not None:
         mark = "✓" if row["meets_target"] else "✗"
@@ -600,9 +607,12 @@ def main(argv=None):
     ap.add_argument("--precision", nargs="+", choices=["32", "bf16"], default=None)
     ap.add_argument("--layout", nargs="+", choices=["nchw", "nhwc"], default=["nchw"],
                     help="nhwc: channels_last weights and activations (train.py channels_last=true)")
+    ap.add_argument("--thp", nargs="+", choices=["on", "off"], default=["on"],
+                    help="THP_MEM_ALLOC_ENABLE for the measurements (on: what importing ganinv sets)")
     ap.add_argument("--threads", type=int, default=2, help="torch threads per measurement (official: 2)")
     ap.add_argument("--repeats", type=int, default=None, help="timed repeats (default 3, --quick 1)")
     ap.add_argument("--ddp-steps", type=int, default=None, help="steps per DDP run (default 30, --quick 5)")
+    ap.add_argument("--ddp-batch", type=int, default=4, help="per-process batch of the DDP rows")
     ap.add_argument("--ddp-args", nargs="*", default=[],
                     help="extra train.py overrides for both DDP runs (1 and 2 processes), e.g. channels_last=true")
     ap.add_argument("--json", default=None,
@@ -619,7 +629,7 @@ def main(argv=None):
     sizes = args.sizes or ([64] if args.quick else [64, 256])
     repeats = args.repeats or (1 if args.quick else 3)
     ddp_steps = args.ddp_steps or (5 if args.quick else 30)
-    configs = available_configs(args.device, args.precision, args.layout)
+    configs = available_configs(args.device, args.precision, args.layout, args.thp)
     result = {"machine": machine_info(args.threads), "quick": args.quick, "sizes": sizes, "rows": []}
     out = Path(args.json or ROOT / "experiments/results" / ("bench_quick.json" if args.quick else "bench.json"))
     t_start = time.perf_counter()
@@ -630,7 +640,7 @@ def main(argv=None):
         print(f"[{time.perf_counter() - t_start:6.0f} s] {row['name']} ({cell(row, 'config')}, batch {row['batch']}): "
               f"{status}", file=sys.stderr, flush=True)
     if "ddp" in args.only:
-        result["rows"] += ddp_scaling(4, ddp_steps, 2 if args.quick else 5, args.ddp_args)
+        result["rows"] += ddp_scaling(args.ddp_batch, ddp_steps, 2 if args.quick else 5, args.ddp_args)
     result["seconds_total"] = time.perf_counter() - t_start
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=1))

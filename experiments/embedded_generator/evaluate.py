@@ -47,7 +47,8 @@ def main():
         rows.append({"factor": name, "real_mean": pr[:, i].mean().item(), "fake_mean": pf[:, i].mean().item(),
                      "real_std": pr[:, i].std().item(), "fake_std": pf[:, i].std().item()})
     print(f"regressor validation MSE {stats['val_mse']:.4f} (predict-the-mean {stats['baseline_mse']:.4f})\n")
-    print("| factor | real mean | sample mean | abs gap | real std | sample std | abs gap |\n|---|---|---|---|---|---|---|")
+    print("| factor | real mean | sample mean | abs gap | real std | sample std | abs gap |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         mgap, sgap = abs(r["real_mean"] - r["fake_mean"]), abs(r["real_std"] - r["fake_std"])
         print(f"| {r['factor']} | {r['real_mean']:.3f} | {r['fake_mean']:.3f} | {mgap:.3f} "

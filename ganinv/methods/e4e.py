@@ -8,12 +8,21 @@ Per iteration (official ``training/coach.py``):
      rows + λ_δ·Σ_i ‖w_i − w_0‖ (while progressive). Ranger 1e-4.
 Progressive stage k is enabled at iteration progressive_start + (k−1)·progressive_step_every
 (stage 0 before progressive_start); without progressive_start every delta is on ('all').
+The latent D's randomness depends on (run seed, iteration) only: the real-w z of N DDP ranks
+are the rows of one draw over the global batch (``shard_randn``: the z of 1 process with N
+times the batch), and the pools' decisions come from a ``random.Random`` reseeded per (seed,
+rank, iteration), so a resumed run repeats them. The pools are per-rank state, like the
+official per-process pool; a checkpoint stores rank 0's, which every rank resumes from.
+(Generator noise with train_noise_mode=random uses torch's RNG, offset per rank.)
 Deviation, on purpose: the official D step feeds ``encoder(x)`` without latent_avg while the
 encoder's adversarial term sees codes with it; here both see codes + latent_avg (the codes
 the generator actually gets), as the paper describes.
 """
+import random
+
 import torch
 
+from ..distributed import run_seed, shard_randn, step_seed
 from ..losses import d_logistic_loss, delta_regularization, g_nonsaturating_loss, lazy_r1
 from ..nets.latent_discriminator import LatentCodesDiscriminator, LatentCodesPool
 from .base import step_uncounted
@@ -33,8 +42,9 @@ class E4E(EncoderMethod):
         self.automatic_optimization = False
         if w_discriminator_lambda > 0:
             self.latent_discriminator = LatentCodesDiscriminator(generator.style_dim, 4)
-            self.real_w_pool = LatentCodesPool(w_pool_size)
-            self.fake_w_pool = LatentCodesPool(w_pool_size)
+            self.pool_rng = random.Random(0)  # reseeded every iteration (discriminator_step)
+            self.real_w_pool = LatentCodesPool(w_pool_size, rng=self.pool_rng)
+            self.fake_w_pool = LatentCodesPool(w_pool_size, rng=self.pool_rng)
 
     # -- progressive schedule -----------------------------------------------------------
     def stage_at(self, iteration):
@@ -83,8 +93,11 @@ class E4E(EncoderMethod):
         hp = self.hparams
         d = self.latent_discriminator
         d.requires_grad_(True)
+        seed, step, rank = run_seed(), self.global_step, self.global_rank
+        self.pool_rng.seed(step_seed(seed, step, "w_pools", rank))
         with torch.no_grad():
-            z = torch.randn(x.shape[0], self.generator.style_dim, device=x.device)
+            z = shard_randn(x.shape[0], self.generator.style_dim, seed=seed, step=step, rank=rank,
+                            world_size=self.trainer.world_size, key="latent_d/z", device=x.device)
             real_w = self.real_w_pool.query(self.generator.mapping(z))
             fake_w = self.fake_w_pool.query(self.encode(x)[:, self.enabled_rows()])
             if fake_w.ndim == 3:  # pool disabled: official keeps row 0

@@ -9,6 +9,9 @@ Per iteration (rosinality ``train.py``):
 Adam with the lazy-regularisation correction: lr·c, betas (0, 0.99^c), c = k/(k+1).
 ``global_step`` counts iterations (see ``step_uncounted``). The checkpoint export writes the
 rosinality layout (``g``, ``g_ema``, ``d``, ``latent_avg``) that ``load_generator`` reads.
+z, z2 and the mixing decision depend on (run seed, iteration, draw) only: N DDP ranks draw the
+rows of one draw over the global batch (``shard_randn``), the z of one process with N times the
+batch. Generator and path-length noise use torch's RNG, offset per rank.
 """
 import math
 import random
@@ -16,6 +19,7 @@ import random
 import pytorch_lightning as pl
 import torch
 
+from ..distributed import run_seed, shard_randn, step_seed
 from ..losses.adversarial import d_logistic_loss, g_nonsaturating_loss, lazy_r1
 from .base import check_precision, ema_update, frozen_copy, log_grid, offset_seed_by_rank, step_uncounted
 
@@ -36,13 +40,19 @@ class StyleGAN2(pl.LightningModule):
                                                      generator=torch.Generator().manual_seed(0)))
 
     # -- helpers ------------------------------------------------------------------------
-    def _sample_ws(self, batch):
-        """Latents with style mixing: [B, n_latent, D]."""
+    def _sample_ws(self, batch, key):
+        """This rank's ``batch`` latents with style mixing: [batch, n_latent, D]. ``key`` names the
+        draw within the iteration ("d", "g", "path"). The mixing coin and crossover are one draw
+        per global batch (as rosinality's per batch), the same on every rank."""
         g = self.generator
-        z = torch.randn(batch, g.style_dim, device=self.device)
-        if self.hparams.mixing > 0 and random.random() < self.hparams.mixing:
-            z2 = torch.randn(batch, g.style_dim, device=self.device)
-            return g.mix(g.mapping(z), g.mapping(z2), random.randint(1, g.n_latent - 1))
+        seed, step = run_seed(), self.global_step
+        shard = {"seed": seed, "step": step, "rank": self.global_rank, "world_size": self.trainer.world_size,
+                 "device": self.device}
+        z = shard_randn(batch, g.style_dim, key=f"{key}/z", **shard)
+        rng = random.Random(step_seed(seed, step, key, "mixing"))
+        if self.hparams.mixing > 0 and rng.random() < self.hparams.mixing:
+            z2 = shard_randn(batch, g.style_dim, key=f"{key}/z2", **shard)
+            return g.mix(g.mapping(z), g.mapping(z2), rng.randint(1, g.n_latent - 1))
         return g.broadcast(g.mapping(z))
 
     def _ema_decay(self, batch):
@@ -64,7 +74,7 @@ class StyleGAN2(pl.LightningModule):
         self.generator.requires_grad_(False)
         self.discriminator.requires_grad_(True)
         with torch.no_grad():
-            fake = self.generator.synthesis(self._sample_ws(b), noise_mode="random")
+            fake = self.generator.synthesis(self._sample_ws(b, "d"), noise_mode="random")
         d_loss = d_logistic_loss(self.discriminator(real), self.discriminator(fake))
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
@@ -81,7 +91,7 @@ class StyleGAN2(pl.LightningModule):
         # 2. generator
         self.generator.requires_grad_(True)
         self.discriminator.requires_grad_(False)
-        fake = self.generator.synthesis(self._sample_ws(b), noise_mode="random")
+        fake = self.generator.synthesis(self._sample_ws(b, "g"), noise_mode="random")
         g_loss = g_nonsaturating_loss(self.discriminator(fake))
         opt_g.zero_grad(set_to_none=True)
         self.manual_backward(g_loss)
@@ -101,7 +111,7 @@ class StyleGAN2(pl.LightningModule):
         """Path-length regularisation step (rosinality ``g_path_regularize``)."""
         hp = self.hparams
         n = max(1, batch // hp.path_batch_shrink)
-        ws = self._sample_ws(n).detach().requires_grad_(True)
+        ws = self._sample_ws(n, "path").detach().requires_grad_(True)
         img = self.generator.synthesis(ws, noise_mode="random")
         noise = torch.randn_like(img) / math.sqrt(img.shape[2] * img.shape[3])
         (grad,) = torch.autograd.grad((img * noise).sum(), ws, create_graph=True)

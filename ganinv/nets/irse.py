@@ -39,21 +39,37 @@ class SEModule(nn.Module):
         self.sigmoid = nn.Sigmoid()
 
     def forward(self, x):
-        gate = self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
-        return x * gate
+        return x * self.gate(x)
+
+    def gate(self, x):
+        """[B, C, H, W] -> channel gate [B, C, 1, 1] in (0, 1)."""
+        return self.sigmoid(self.fc2(self.relu(self.fc1(self.avg_pool(x)))))
+
+
+class Subsample(nn.Module):
+    """x[:, :, ::stride, ::stride] — what pSp's ``MaxPool2d(1, stride)`` shortcut computes (a max over
+    one element), as a view: no copy, no index tensor. No parameters, so state dicts are unchanged."""
+
+    def __init__(self, stride):
+        super().__init__()
+        self.stride = stride
+
+    def forward(self, x):
+        return x if self.stride == 1 else x[:, :, :: self.stride, :: self.stride]
 
 
 class BottleneckIR(nn.Module):
     """Improved residual unit: BN-Conv3x3-PReLU-Conv3x3(stride)-BN[-SE] plus shortcut.
 
-    The shortcut is ``MaxPool2d(1, stride)`` (pure subsampling) when the width does not change,
-    otherwise a strided 1x1 conv + BN. ``use_se=True`` is pSp's ``bottleneck_IR_SE``.
+    The shortcut is pSp's ``MaxPool2d(1, stride)`` (pure subsampling, here :class:`Subsample`) when
+    the width does not change, otherwise a strided 1x1 conv + BN. ``use_se=True`` is pSp's
+    ``bottleneck_IR_SE``; its gate and the residual sum are one ``addcmul`` pass.
     """
 
     def __init__(self, in_channel, depth, stride, use_se=False):
         super().__init__()
         if in_channel == depth:
-            self.shortcut_layer = nn.MaxPool2d(1, stride)
+            self.shortcut_layer = Subsample(stride)
         else:
             self.shortcut_layer = nn.Sequential(
                 nn.Conv2d(in_channel, depth, 1, stride, bias=False), nn.BatchNorm2d(depth)
@@ -70,7 +86,11 @@ class BottleneckIR(nn.Module):
         self.res_layer = nn.Sequential(*layers)
 
     def forward(self, x):
-        return self.res_layer(x) + self.shortcut_layer(x)
+        shortcut = self.shortcut_layer(x)
+        if not isinstance(self.res_layer[-1], SEModule):
+            return self.res_layer(x) + shortcut
+        h = self.res_layer[:-1](x)
+        return torch.addcmul(shortcut, h, self.res_layer[-1].gate(h))
 
 
 def make_input_layer(input_nc=3):

@@ -33,11 +33,15 @@ def upfirdn2d(x, kernel, up=1, down=1, pad=(0, 0)):
         x = F.pad(x, [0, up - 1, 0, 0, 0, up - 1])
         x = x.reshape(b, c, h * up, w * up)
     p0, p1 = pad
-    x = F.pad(x, [p0, p1, p0, p1])
+    padding = 0
+    if p0 == p1 >= 0:  # the conv pads itself: no padded copy of x (the blurs after upsampling)
+        padding = p0
+    else:
+        x = F.pad(x, [p0, p1, p0, p1])
     kh, kw = kernel.shape
     weight = torch.flip(kernel, [0, 1]).to(x.dtype).expand(c, 1, kh, kw)
     # Depthwise conv with stride == full-resolution filtering followed by [::down].
-    return F.conv2d(x, weight, stride=down, groups=c)
+    return F.conv2d(x, weight, stride=down, padding=padding, groups=c)
 
 
 def fused_leaky_relu(x, bias, negative_slope=0.2, scale=SQRT2):
@@ -49,14 +53,16 @@ def fused_leaky_relu(x, bias, negative_slope=0.2, scale=SQRT2):
 class FusedLeakyReLU(nn.Module):
     """Bias + leaky ReLU(0.2) + sqrt(2) gain; the bias is this module's ``bias`` [C]."""
 
+    negative_slope, scale = 0.2, SQRT2
+
     def __init__(self, channel, bias=True):
         super().__init__()
         self.bias = nn.Parameter(torch.zeros(channel)) if bias else None
 
     def forward(self, x):
         if self.bias is None:
-            return F.leaky_relu(x, 0.2) * math.sqrt(2)
-        return fused_leaky_relu(x, self.bias)
+            return F.leaky_relu(x, self.negative_slope) * self.scale
+        return fused_leaky_relu(x, self.bias, self.negative_slope, self.scale)
 
 
 class PixelNorm(nn.Module):
