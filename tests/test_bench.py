@@ -75,8 +75,9 @@ def test_isolated_row_speedup_and_markdown():
     check_row(row, spec)
     assert "speedup" not in row  # no official number for this key
     ref = speed.annotate({"key": "ref/e4e_step_256", "device": "cpu", "precision": "32", "threads": 2, "batch": 4,
-                          "seconds": 13.0})
+                          "seconds": 13.0, "times_s": [14.0, 13.0, 12.0]})
     assert ref["speedup"] == pytest.approx(3.0) and ref["meets_target"] and ref["comparable"]
+    assert ref["best_s"] == 12.0 and ref["best_speedup"] == pytest.approx(3.25)
     bf16 = speed.annotate({"key": "ref/e4e_step_256", "device": "cpu", "precision": "bf16", "threads": 2,
                            "batch": 4, "seconds": 13.0})
     assert "speedup" not in bf16  # identical math only
@@ -84,7 +85,7 @@ def test_isolated_row_speedup_and_markdown():
                                                                                         "name": "e4e step"}]}
     text = speed.markdown(result)
     assert "| g_forward | cpu fp32 | 2 |" in text
-    assert "| 39 | 3.00× ✓ |" in text
+    assert "| 39 | 3.00× ✓ | 12 | 3.25× |" in text
 
 
 @pytest.mark.slow
