@@ -47,6 +47,13 @@ def shard_randn(n, dim, *, seed, step, rank=0, world_size=1, key="z", device=Non
     return full[rank::world_size].to(device)
 
 
+def module_randn(module, n, dim, key):
+    """:func:`shard_randn` for a training LightningModule: run seed, its iteration, rank and world
+    size, on its device. -> [n, *dim]."""
+    return shard_randn(n, dim, seed=run_seed(), step=module.global_step, rank=module.global_rank,
+                       world_size=module.trainer.world_size, key=key, device=module.device)
+
+
 class _AllReduceSum(torch.autograd.Function):
     """Sum over ranks with autograd: the backward sums the incoming gradients over ranks, so each
     rank's inputs get the gradient of the sum of all ranks' losses (what torch's SyncBatchNorm

@@ -2,6 +2,9 @@
 measurement returns positive finite timings on tiny networks (the 256 px rows are not run here)."""
 import importlib.util
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -109,10 +112,6 @@ print(os.environ["THP_MEM_ALLOC_ENABLE"], kb)
 
 @pytest.mark.skipif(not Path("/proc/self/smaps_rollup").exists(), reason="Linux /proc only")
 def test_importing_ganinv_backs_large_tensors_with_huge_pages_unless_opted_out():
-    import os
-    import subprocess
-    import sys
-
     thp = Path("/sys/kernel/mm/transparent_hugepage/enabled")
 
     def run(**env):

@@ -11,10 +11,10 @@ import pytorch_lightning as pl
 import torch
 
 from ganinv.checkpoints import load_generator
+from ganinv.distributed import step_seed
 from ganinv.losses import LPIPSLoss
 from ganinv.methods.optimization import (
     OptimizationInversion,
-    image_seed,
     latent_noise_strength,
     projector_lr,
     w_statistics,
@@ -80,7 +80,7 @@ def test_projector_schedule_formulas():
     assert latent_noise_strength(0.0, 2.0) == pytest.approx(0.1)
     assert latent_noise_strength(0.375, 2.0) == pytest.approx(0.1 * 0.25)
     assert latent_noise_strength(0.8, 2.0) == 0.0
-    assert image_seed(0, "a.png") == image_seed(0, "a.png") != image_seed(0, "b.png")
+    assert step_seed(0, "a.png") == step_seed(0, "a.png") != step_seed(0, "b.png")
 
 
 def test_w_statistics_are_the_projector_mean_and_spread(g):

@@ -22,7 +22,7 @@ import random
 
 import torch
 
-from ..distributed import run_seed, shard_randn, step_seed
+from ..distributed import module_randn, run_seed, step_seed
 from ..losses import d_logistic_loss, delta_regularization, g_nonsaturating_loss, lazy_r1
 from ..nets.latent_discriminator import LatentCodesDiscriminator, LatentCodesPool
 from .base import step_uncounted
@@ -93,11 +93,9 @@ class E4E(EncoderMethod):
         hp = self.hparams
         d = self.latent_discriminator
         d.requires_grad_(True)
-        seed, step, rank = run_seed(), self.global_step, self.global_rank
-        self.pool_rng.seed(step_seed(seed, step, "w_pools", rank))
+        self.pool_rng.seed(step_seed(run_seed(), self.global_step, "w_pools", self.global_rank))
         with torch.no_grad():
-            z = shard_randn(x.shape[0], self.generator.style_dim, seed=seed, step=step, rank=rank,
-                            world_size=self.trainer.world_size, key="latent_d/z", device=x.device)
+            z = module_randn(self, x.shape[0], self.generator.style_dim, key="latent_d/z")
             real_w = self.real_w_pool.query(self.generator.mapping(z))
             fake_w = self.fake_w_pool.query(self.encode(x)[:, self.enabled_rows()])
             if fake_w.ndim == 3:  # pool disabled: official keeps row 0

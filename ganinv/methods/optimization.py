@@ -19,7 +19,6 @@ indices. Under DDP every rank keeps all latents but computes only its shard of t
 summed loss is scaled by the world size so DDP's gradient averaging returns each image's own
 gradient, and every rank ends with every image's result.
 """
-import hashlib
 import math
 
 import pytorch_lightning as pl
@@ -27,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..distributed import step_seed
 from ..losses import noise_normalize_, noise_regularize, vgg_feature_loss
 from .base import check_precision, log_grid
 
@@ -57,13 +57,6 @@ def w_statistics(generator, n=10000, seed=0):
     w = torch.cat([generator.mapping(chunk) for chunk in z.split(4096)])
     mean = w.mean(0)
     return mean, ((w - mean).pow(2).sum() / n).sqrt().item()
-
-
-def image_seed(seed, key):
-    """A 63-bit seed for one image from the run seed and the image's key (stable across
-    processes, unlike ``hash``), so an image gets the same randomness in any batch."""
-    digest = hashlib.sha256(f"{seed}:{key}".encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def device_of(module, default):
@@ -206,7 +199,8 @@ class OptimizationInversion(TargetsModule):
         self.w_std = float(w_std)
         self.register_buffer("done", torch.zeros(self.num_images, dtype=torch.bool))
         self.register_buffer("frozen_at", torch.full((self.num_images,), -1, dtype=torch.long))
-        self.rngs = [torch.Generator().manual_seed(image_seed(seed, k)) for k in self.keys]
+        # seeded by (run seed, image key): an image gets the same randomness in any batch
+        self.rngs = [torch.Generator().manual_seed(step_seed(seed, k)) for k in self.keys]
         self.latent = nn.Parameter(self._initial_latent())
         self.noises = None
         if optimize_noise or noise_steps > 0:

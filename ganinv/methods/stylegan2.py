@@ -19,7 +19,7 @@ import random
 import pytorch_lightning as pl
 import torch
 
-from ..distributed import run_seed, shard_randn, step_seed
+from ..distributed import module_randn, run_seed, step_seed
 from ..losses.adversarial import d_logistic_loss, g_nonsaturating_loss, lazy_r1
 from .base import check_precision, ema_update, frozen_copy, log_grid, offset_seed_by_rank, step_uncounted
 
@@ -45,13 +45,10 @@ class StyleGAN2(pl.LightningModule):
         draw within the iteration ("d", "g", "path"). The mixing coin and crossover are one draw
         per global batch (as rosinality's per batch), the same on every rank."""
         g = self.generator
-        seed, step = run_seed(), self.global_step
-        shard = {"seed": seed, "step": step, "rank": self.global_rank, "world_size": self.trainer.world_size,
-                 "device": self.device}
-        z = shard_randn(batch, g.style_dim, key=f"{key}/z", **shard)
-        rng = random.Random(step_seed(seed, step, key, "mixing"))
+        z = module_randn(self, batch, g.style_dim, key=f"{key}/z")
+        rng = random.Random(step_seed(run_seed(), self.global_step, key, "mixing"))
         if self.hparams.mixing > 0 and rng.random() < self.hparams.mixing:
-            z2 = shard_randn(batch, g.style_dim, key=f"{key}/z2", **shard)
+            z2 = module_randn(self, batch, g.style_dim, key=f"{key}/z2")
             return g.mix(g.mapping(z), g.mapping(z2), rng.randint(1, g.n_latent - 1))
         return g.broadcast(g.mapping(z))
 

@@ -84,13 +84,17 @@ class BottleneckIR(nn.Module):
         if use_se:
             layers.append(SEModule(depth, 16))
         self.res_layer = nn.Sequential(*layers)
+        self.use_se = use_se
 
     def forward(self, x):
         shortcut = self.shortcut_layer(x)
-        if not isinstance(self.res_layer[-1], SEModule):
+        if not self.use_se:
             return self.res_layer(x) + shortcut
-        h = self.res_layer[:-1](x)
-        return torch.addcmul(shortcut, h, self.res_layer[-1].gate(h))
+        *body, se = self.res_layer
+        h = x
+        for layer in body:
+            h = layer(h)
+        return torch.addcmul(shortcut, h, se.gate(h))
 
 
 def make_input_layer(input_nc=3):
