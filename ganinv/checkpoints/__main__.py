@@ -20,9 +20,10 @@ def main(argv=None):
             print(f"wrote {convert(args.src, args.dst)}")
         else:
             print(describe(args.path))
-    except (ValueError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+    except (ValueError, OSError) as e:  # one line naming the file, exit 2, as train.py / invert.py
+        text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+        print(f"python -m ganinv.checkpoints: {text}", file=sys.stderr)
+        return 2
     return 0
 
 

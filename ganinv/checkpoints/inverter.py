@@ -46,7 +46,7 @@ from ..nets.restyle_encoders import (
 )
 from ..nets.stylegan2 import Generator
 from .safe import load_torch
-from .stylegan import DEFAULT_LR_MLP, _count, generator_config
+from .stylegan import DEFAULT_LR_MLP, count_indices, generator_config
 
 PSP_TYPES = ("GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW",
              "BackboneEncoderUsingLastLayerIntoWPlus")
@@ -189,7 +189,7 @@ def _stem_channels(encoder):
 
 
 def _irse_arch(sd):
-    units = _count(sd, r"body\.(\d+)\.res_layer\..*")
+    units = count_indices(sd, r"body\.(\d+)\.res_layer\..*")
     se = any(re.fullmatch(r"body\.\d+\.res_layer\.5\.fc1\.weight", k) for k in sd)
     return _IRSE_DEPTH.get(units, 50), "ir_se" if se else "ir"
 
@@ -197,7 +197,7 @@ def _irse_arch(sd):
 def _fpn_heads(sd):
     """(input_size, head_channels) of pSp/e4e FPN heads: the coarse head halves input/16 to 1
     with one stride-2 conv per octave, and its EqualLinear reads ``head_channels``."""
-    n_convs = _count(sd, r"styles\.0\.convs\.(\d+)\.weight")
+    n_convs = count_indices(sd, r"styles\.0\.convs\.(\d+)\.weight")
     linear = sd.get("styles.0.linear.weight")
     return 16 * 2**n_convs, 512 if linear is None else linear.shape[1]
 
@@ -206,7 +206,7 @@ def _idinvert_kwargs(sd, style_dim, name):
     first = sd.get("block0.conv.weight")
     if first is None:
         raise ValueError(f"{name}: encoder_type 'IDInvertEncoder', but no encoder.block0.conv.weight")
-    n_blocks = _count(sd, r"block(\d+)\..*")
+    n_blocks = count_indices(sd, r"block(\d+)\..*")
     widths = [sd[k].shape[0] for i in range(1, n_blocks - 1) if (k := f"block{i}.conv2.weight") in sd]
     # The width ladder is min(base * 2**i, max): its widest block gives a max that rebuilds it.
     base = first.shape[0]
@@ -223,8 +223,8 @@ def _encoder_n_styles(kind, sd, g):
         w = sd.get("linear.weight")
         return g.n_latent if w is None else w.shape[0] // g.style_dim
     if kind == "IDInvertEncoder":
-        return 2 * _count(sd, r"block(\d+)\..*") - 2
-    return _count(sd, r"styles\.(\d+)\..*")
+        return 2 * count_indices(sd, r"block(\d+)\..*") - 2
+    return count_indices(sd, r"styles\.(\d+)\..*")
 
 
 def _encoder_factory(kind, sd, n_styles, input_nc, style_dim, name):

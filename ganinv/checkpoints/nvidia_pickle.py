@@ -7,17 +7,16 @@ A snapshot ``.pkl`` is a plain pickle of ``{'G', 'D', 'G_ema', 'augment_pipe',
 by calling ``_reconstruct_persistent_obj(meta)``, which ``exec``s the module source stored
 in ``meta['module_src']``. We map that global to a stub that only keeps ``class_name`` and
 the module's ``__dict__`` state (``_parameters``, ``_buffers``, ``_modules``, attributes);
-the source is never looked at. Every other global must be on a short allow-list.
+the source is never looked at. Every other global must be on the allow-list of
+:mod:`ganinv.checkpoints.allowlist`.
 """
-import collections
 import math
-import pickle
 import re
 
-import numpy as np
 import torch
 
-from .safe import UnsafeCheckpointError, load_storage_bytes
+from .allowlist import TORCH, unpickle
+from .safe import load_storage_bytes
 
 NVIDIA_FILTER = (1, 3, 3, 1)  # rosinality's blur kernel too; checked, not assumed
 
@@ -70,67 +69,27 @@ def _persistent_record(meta):
     return PersistentRecord(meta["class_name"], meta["state"])
 
 
-def _rebuild_tensor(storage, storage_offset, size, stride, requires_grad=False, backward_hooks=None,
-                    metadata=None):
-    if not isinstance(storage, torch.storage.TypedStorage):
-        raise ValueError(f"tensor built from a {type(storage).__name__}, not a storage")
-    return torch._utils._rebuild_tensor(storage, storage_offset, tuple(size), tuple(stride))
-
-
-def _rebuild_parameter(data, requires_grad=False, backward_hooks=None, state=None):
-    if not isinstance(data, torch.Tensor):
-        raise ValueError(f"parameter built from a {type(data).__name__}, not a tensor")
-    return data
-
-
-def _numpy_scalar(dtype, data):
-    if not isinstance(dtype, np.dtype) or dtype.hasobject or not isinstance(data, bytes):
-        raise ValueError("numpy scalar that is not plain numeric data")
-    return np.frombuffer(data, dtype=dtype, count=1)[0]
-
-
-class _RestrictedUnpickler(pickle.Unpickler):
-    def __init__(self, file, name):
-        super().__init__(file)
-        self.name = name
-        self.allowed = {
-            ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
-            ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor,
-            ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-            ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-            ("torch.storage", "_load_from_bytes"): lambda b: load_storage_bytes(b, name),
-            ("collections", "OrderedDict"): collections.OrderedDict,
-            ("builtins", "set"): set,  # protocol-3 pickles spell sets as builtins.set([...])
-            ("dnnlib.util", "EasyDict"): _EasyDict,
-            ("dnnlib", "EasyDict"): _EasyDict,
-            ("numpy", "dtype"): np.dtype,
-            ("numpy.core.multiarray", "scalar"): _numpy_scalar,
-            ("numpy._core.multiarray", "scalar"): _numpy_scalar,
-        }
-
-    def find_class(self, module, name):
-        try:
-            return self.allowed[(module, name)]
-        except KeyError:
-            raise UnsafeCheckpointError(
-                f"{self.name}: refused to load global '{module}.{name}' (it was not imported or executed); "
-                "only NVIDIA StyleGAN2 network pickles are supported") from None
-
-    def persistent_load(self, pid):
-        raise ValueError("persistent ids are not used by network pickles")
+def _nvidia_globals(name):
+    """The torch-file allow-list plus what NVIDIA snapshots add: the persistence hook (our record
+    stub, the embedded source is never read), dnnlib's EasyDict (a dict), and tensor storages
+    pickled as nested ``torch.save`` bytes (read by our torch-file reader)."""
+    return {
+        **TORCH,
+        ("torch_utils.persistence", "_reconstruct_persistent_obj"): _persistent_record,
+        ("torch.storage", "_load_from_bytes"): lambda data: load_storage_bytes(data, name),
+        ("dnnlib.util", "EasyDict"): _EasyDict,
+        ("dnnlib", "EasyDict"): _EasyDict,
+    }
 
 
 def load_pickle(path):
     """Unpickle an NVIDIA network pickle with the restricted unpickler: persistent networks
     come back as :class:`PersistentRecord`, tensors as CPU tensors."""
     with open(path, "rb") as f:
-        try:
-            return _RestrictedUnpickler(f, str(path)).load()
-        except UnsafeCheckpointError:
-            raise
-        except Exception as e:  # truncated/corrupt data surfaces as many exception types
-            why = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
-            raise ValueError(f"{path} is not a readable network pickle ({why})") from None
+        f.seek(0, 2)
+        size = f.tell()
+        f.seek(0)
+        return unpickle(f, size, str(path), _nvidia_globals(str(path)), records=(PersistentRecord,))
 
 
 # -- NVIDIA names -> rosinality names -------------------------------------------------------

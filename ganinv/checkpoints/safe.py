@@ -1,47 +1,34 @@
-"""The one place where ganinv reads pickled files: torch files through ``torch.load(...,
-weights_only=True)`` with a short allow-list, NVIDIA pickles through
-:mod:`ganinv.checkpoints.nvidia_pickle`, which uses :func:`load_storage_bytes` for tensors.
+"""The one place where ganinv reads pickled files: torch files through
+:mod:`ganinv.checkpoints.torchfile` and NVIDIA pickles through
+:mod:`ganinv.checkpoints.nvidia_pickle`, both unpickled by the restricted unpickler of
+:mod:`ganinv.checkpoints.allowlist` (which documents every name a file may use, and why it is safe).
 
-Nothing here ever unpickles without ``weights_only``: a checkpoint is data, and a file
-that asks for any other global is refused before that global is imported or called.
-Errors are one line and name the file.
+Nothing here calls ``torch.load`` or ``pickle.load``: a checkpoint is data, and a file that asks
+for any other global is refused before that global is imported or called. Errors are one line and
+name the file.
 """
-import argparse
-import io
 import os
-import pickle
-import re
 import uuid
-import zipfile
 from pathlib import Path
 
-import numpy as np
 import torch
 
-# Globals that real checkpoints need beyond tensors and plain containers: rosinality's
-# ``args`` Namespace, numpy scalars (pSp/e4e store ``best_val_loss`` as np.float64; numpy 1.x
-# spells them numpy.core.*) with their dtype classes, object dtype excluded.
-# pSp/e4e/ReStyle ``opts`` are plain dicts.
-ALLOWED_GLOBALS = [
-    argparse.Namespace,
-    np.dtype,
-    np._core.multiarray.scalar,
-    (np._core.multiarray.scalar, "numpy.core.multiarray.scalar"),
-    *(getattr(np.dtypes, n) for n in np.dtypes.__all__ if n.endswith("DType") and n != "ObjectDType"),
-]
+from . import torchfile
+from .allowlist import BadFileError, Storage, UnsafeCheckpointError
+
+__all__ = ["BadFileError", "UnsafeCheckpointError", "atomic_write", "check_file", "file_kind", "load_storage_bytes",
+           "load_torch", "save_atomic"]
 
 # torch.save's legacy (pre-1.6, non-zip) format opens with this pickled magic number.
-_LEGACY_TORCH_MAGIC = b"\x80\x02\x8a\x0al\xfc\x9cF\xf9 j\xa8P\x19."
-
-
-class UnsafeCheckpointError(ValueError):
-    """A checkpoint asked to import or call something outside the allow-list; it was refused."""
+_LEGACY_TORCH_MAGIC = torchfile.LEGACY_HEAD
 
 
 def check_file(path, what="checkpoint", hint=None):
     """Path of an existing, non-empty file, else FileNotFoundError/ValueError saying which
     file and, with ``hint``, where to get it or put it."""
     path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{what} {path} is a directory, not a file")
     if not path.is_file():
         where = f"; {hint}" if hint else ""
         raise FileNotFoundError(f"{what} not found: {path}{where}")
@@ -62,46 +49,28 @@ def file_kind(path):
     return "unknown"
 
 
-def _refused_global(err):
-    m = re.search(r"GLOBAL ([\w.]+)", str(err))
-    return m.group(1) if m else None
-
-
-def _load(source, name, what):
-    """torch.load with the allow-list; every failure becomes one line naming ``name``."""
-    try:
-        with torch.serialization.safe_globals(ALLOWED_GLOBALS):
-            return torch.load(source, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as e:
-        refused = _refused_global(e)
-        if refused:
-            raise UnsafeCheckpointError(
-                f"{what} {name}: refused to load global '{refused}' (it was not imported or executed); "
-                "only tensors, containers and allow-listed types are accepted") from None
-        first = next((ln for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
-        raise ValueError(f"{what} {name} is not a readable torch file ({first.strip()})") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError) as e:
-        first = re.split(r"(?<=\.) ", str(e).splitlines()[0])[0] if str(e) else type(e).__name__
-        raise ValueError(f"{what} {name} is truncated or corrupt ({first})") from None
-
-
 def load_torch(path, what="checkpoint", hint=None):
-    """Load a ``torch.save`` file on CPU with ``weights_only=True`` (tensors, containers,
-    argparse.Namespace, numpy scalars). Raises FileNotFoundError (missing: names the file
-    and ``hint``), ValueError (empty, truncated, not a torch file) or UnsafeCheckpointError
-    (the file references a global outside the allow-list; it is refused, never run)."""
+    """Load a ``torch.save`` file on CPU (tensors, containers, argparse.Namespace, numpy numbers as
+    Python numbers). Raises FileNotFoundError (missing: names the file and ``hint``), ValueError
+    (a directory, empty, truncated, not a torch file, or declaring more than it holds) or
+    UnsafeCheckpointError (the file references a global outside the allow-list; refused, never run)."""
     path = check_file(path, what, hint)
     if file_kind(path) != "torch":
         raise ValueError(f"{what} {path} is not a torch checkpoint (expected a file written by torch.save)")
-    return _load(path, path, what)
+    try:
+        return torchfile.load(path, f"{what} {path}")
+    except OSError as e:
+        raise ValueError(f"{what} {path} cannot be read ({e.strerror or e})") from None
 
 
 def load_storage_bytes(data, name):
     """A tensor storage serialised by ``torch.save`` into bytes (how plain pickles of tensors
-    carry their data), loaded with ``weights_only=True`` on CPU."""
-    storage = _load(io.BytesIO(data), name, "tensor storage in")
-    if not isinstance(storage, torch.storage.TypedStorage):
-        raise ValueError(f"tensor storage in {name} holds a {type(storage).__name__}, not a storage")
+    carry their data: ``torch.storage._load_from_bytes``), as a :class:`Storage`."""
+    if not isinstance(data, bytes):
+        raise BadFileError(f"tensor storage in {name} is a {type(data).__name__}, not bytes")
+    storage = torchfile.load_bytes(data, f"tensor storage in {name}")
+    if not isinstance(storage, Storage):
+        raise BadFileError(f"tensor storage in {name} holds a {type(storage).__name__}, not a storage")
     return storage
 
 

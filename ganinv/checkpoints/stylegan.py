@@ -39,7 +39,7 @@ def _channel_config(chans, name, what):
     return cm, cmax
 
 
-def _count(sd, pattern):
+def count_indices(sd, pattern):
     return len({m[1] for k in sd if (m := re.fullmatch(pattern, k))})
 
 
@@ -47,21 +47,21 @@ def generator_config(sd, name="state dict"):
     """Generator kwargs from a rosinality generator state dict's shapes: size, style_dim,
     n_mlp, channel_multiplier, channel_max (lr_mlp is not in the shapes)."""
     try:
-        n_rgb = _count(sd, r"to_rgbs\.(\d+)\..*")
+        n_rgb = count_indices(sd, r"to_rgbs\.(\d+)\..*")
         chans = {4: sd["conv1.conv.weight"].shape[1]}
         chans.update({2 ** (i + 3): sd[f"convs.{2 * i}.conv.weight"].shape[1] for i in range(n_rgb)})
         style_dim = sd["conv1.conv.modulation.weight"].shape[1]
     except KeyError as e:
         raise ValueError(f"{name}: not a StyleGAN2 generator state dict (no {e.args[0]!r})") from None
     cm, cmax = _channel_config(chans, name, "generator")
-    return dict(size=2 ** (n_rgb + 2), style_dim=style_dim, n_mlp=_count(sd, r"style\.(\d+)\.weight"),
+    return dict(size=2 ** (n_rgb + 2), style_dim=style_dim, n_mlp=count_indices(sd, r"style\.(\d+)\.weight"),
                 channel_multiplier=cm, channel_max=cmax)
 
 
 def discriminator_config(sd, name="state dict"):
     """Discriminator kwargs from a rosinality discriminator state dict's shapes."""
     try:
-        n_res = _count(sd, r"convs\.(\d+)\.conv1\..*")
+        n_res = count_indices(sd, r"convs\.(\d+)\.conv1\..*")
         size = 2 ** (n_res + 2)
         chans = {size: sd["convs.0.0.weight"].shape[0]}
         chans.update({size >> i: sd[f"convs.{i}.conv2.1.weight"].shape[0] for i in range(1, n_res + 1)})
@@ -212,15 +212,31 @@ def describe(path):
     return "\n".join(lines)
 
 
-def convert(src, dst):
-    """Write ``src`` (NVIDIA .pkl or any supported .pt) as a rosinality-layout ``.pt``:
-    ``g_ema``, ``d`` (when ``src`` has one), ``latent_avg`` [style_dim] and ``arch``
-    (what shapes cannot carry: lr_mlp, mbstd_group_size). Written atomically."""
-    ckpt = _Checkpoint(src)
-    g, facts = _generator(ckpt, "g_ema")
-    out = {"g_ema": g.state_dict(), "latent_avg": g.latent_avg.clone(), "arch": {"lr_mlp": facts["lr_mlp"]}}
-    if ckpt.has("d"):
-        d, _ = _discriminator(ckpt, "d")
-        out["d"] = d.state_dict()
+def save_generator(path, g_ema, d=None, latent_avg=None, g=None):
+    """The one writer of the rosinality checkpoint layout: ``g_ema`` (state dict), ``latent_avg``
+    [style_dim] (``latent_avg`` or ``g_ema.latent_avg``, when either is set), ``d`` and the raw
+    ``g`` when given, and ``arch`` with what shapes cannot carry (``lr_mlp``, ``mbstd_group_size``).
+    rosinality's ``train.py`` writes ``g``, ``d``, ``g_ema`` (+ optimizers, ``args``);
+    :func:`load_generator` / :func:`load_discriminator` read every file this writes. Atomic."""
+    def cpu(module):
+        return {k: v.detach().cpu() for k, v in module.state_dict().items()}
+
+    out = {"g_ema": cpu(g_ema), "arch": {"lr_mlp": g_ema.style[1].lr_mul}}
+    latent_avg = g_ema.latent_avg if latent_avg is None else latent_avg
+    if latent_avg is not None:
+        out["latent_avg"] = latent_avg.detach().cpu().clone()
+    if d is not None:
+        out["d"] = cpu(d)
         out["arch"]["mbstd_group_size"] = d.stddev_group
-    return save_atomic(out, dst)
+    if g is not None:
+        out["g"] = cpu(g)
+    return save_atomic(out, path)
+
+
+def convert(src, dst):
+    """Write ``src`` (NVIDIA .pkl or any supported .pt) as a rosinality-layout ``.pt`` with
+    :func:`save_generator`: ``g_ema``, ``d`` (when ``src`` has one), ``latent_avg`` and ``arch``."""
+    ckpt = _Checkpoint(src)
+    g, _ = _generator(ckpt, "g_ema")
+    d = _discriminator(ckpt, "d")[0] if ckpt.has("d") else None
+    return save_generator(dst, g, d=d)

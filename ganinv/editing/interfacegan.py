@@ -1,4 +1,5 @@
-"""InterFaceGAN (Shen et al. 2020): linear attribute boundaries in W, fitted, loaded and applied to W+.
+"""InterFaceGAN (Shen et al. 2020): linear attribute boundaries in W, loaded and applied to W+ (fitted
+with scikit-learn's linear SVM as the official code fits them: :mod:`ganinv.editing.boundary`).
 
 Files read here:
 
@@ -9,23 +10,27 @@ Files read here:
   'meta_data': {'manipulate_layers': ...}}``; edit ``w[:, layers] += f · boundary[:, layers]``
   (IDInvert ``utils/editor.py manipulate`` with ``is_boundary_layerwise=True``).
 
-Plain arrays are read with ``numpy.load(allow_pickle=False)``. IDInvert's dicts need unpickling, which
-is done with an unpickler that only admits numpy array reconstruction and plain containers, so a
-boundary file can never run code.
+Plain arrays are read after checking their header against the file size. IDInvert's dicts need
+unpickling, which is done by ganinv's restricted unpickler (:mod:`ganinv.checkpoints.allowlist`): only
+numeric numpy arrays, numbers and plain containers, so a boundary file can never run code.
 """
 from __future__ import annotations
 
-import pickle
+import math
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
-from ganinv.checkpoints import UnsafeCheckpointError, load_torch
+from ganinv.checkpoints import load_torch
+from ganinv.checkpoints.allowlist import NUMPY_KINDS, PLAIN, unpickle
 from ganinv.checkpoints.safe import check_file
+from ganinv.editing.boundary import FittedBoundary, save_boundary, train_boundary
+
+__all__ = ["Direction", "FittedBoundary", "apply_direction", "load_direction", "parse_layers", "save_boundary",
+           "train_boundary"]
 
 
 class Direction(NamedTuple):
@@ -34,11 +39,6 @@ class Direction(NamedTuple):
 
     vector: Tensor
     layers: list[int] | None = None
-
-
-class FittedBoundary(NamedTuple):
-    normal: Tensor  # [1, D], unit norm, pointing towards high scores
-    val_accuracy: float | None  # on the held-out part of the chosen samples; None without one
 
 
 def parse_layers(layers, n_latent: int | None = None) -> list[int] | None:
@@ -70,64 +70,6 @@ def parse_layers(layers, n_latent: int | None = None) -> list[int] | None:
     return out
 
 
-def train_boundary(latents: Tensor, scores: Tensor, chosen_ratio: float = 0.02, split_ratio: float = 0.7,
-                   c: float = 1.0, seed: int = 0) -> FittedBoundary:
-    """Fit a linear boundary separating high from low attribute scores, as InterFaceGAN's
-    ``train_boundary``: sort by score, take the top and bottom ``chosen_ratio`` of the samples (or that
-    many samples when > 1, at most half each) as positives/negatives, train on ``split_ratio`` of them,
-    report accuracy on the rest, return the unit normal.
-
-    latents [N, D] (W codes); scores [N] or [N, 1], continuous or binary (0/1 or bool).
-    Difference from the official code: it trains sklearn's ``SVC(kernel='linear', C=1)`` (hinge loss);
-    sklearn is not a dependency here, so this minimises the same objective with the logistic loss,
-    ½‖w‖² + c·Σ log(1 + exp(−y(w·x + b))), by L-BFGS in float64. On separable data both normals
-    approach the maximum-margin direction, so they agree closely; they are not bit-identical.
-    """
-    x = torch.as_tensor(latents).detach().double().cpu()
-    s = torch.as_tensor(scores).detach().double().cpu().reshape(-1)
-    if x.ndim != 2 or s.shape[0] != x.shape[0]:
-        raise ValueError(f"train_boundary: latents must be [N, D] and scores [N], got {tuple(x.shape)} "
-                         f"and {tuple(torch.as_tensor(scores).shape)}")
-    if chosen_ratio <= 0:
-        raise ValueError(f"train_boundary: chosen_ratio must be positive, got {chosen_ratio}")
-    n = x.shape[0]
-    order = torch.argsort(s, descending=True, stable=True)
-    x = x[order]
-    chosen = int(n * chosen_ratio) if chosen_ratio <= 1 else int(chosen_ratio)
-    chosen = min(chosen, n // 2)
-    n_train = int(chosen * split_ratio)
-    if n_train < 1:
-        raise ValueError(f"train_boundary: {n} samples with chosen_ratio {chosen_ratio} leave no "
-                         "training data")
-    gen = torch.Generator().manual_seed(seed)
-    pos = x[:chosen][torch.randperm(chosen, generator=gen)]
-    neg = x[n - chosen:][torch.randperm(chosen, generator=gen)]
-    train_x = torch.cat([pos[:n_train], neg[:n_train]])
-    train_y = torch.cat([torch.ones(n_train), -torch.ones(n_train)]).double()
-
-    w = torch.zeros(x.shape[1], dtype=torch.float64, requires_grad=True)
-    b = torch.zeros((), dtype=torch.float64, requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], lr=1, max_iter=500, tolerance_grad=1e-9, tolerance_change=1e-12,
-                            history_size=20, line_search_fn="strong_wolfe")
-
-    def closure():
-        opt.zero_grad()
-        loss = 0.5 * w.square().sum() + c * F.softplus(-train_y * (train_x @ w + b)).sum()
-        loss.backward()
-        return loss
-
-    opt.step(closure)
-    w = w.detach()
-    if not torch.isfinite(w).all() or w.norm() == 0:
-        raise ValueError("train_boundary: the fit did not converge (are the scores constant?)")
-    val_accuracy = None
-    if chosen > n_train:
-        val_x = torch.cat([pos[n_train:], neg[n_train:]])
-        val_y = torch.cat([torch.ones(chosen - n_train), -torch.ones(chosen - n_train)]).double()
-        val_accuracy = ((val_x @ w + b.detach()).sign() == val_y).double().mean().item()
-    return FittedBoundary((w / w.norm()).float().unsqueeze(0), val_accuracy)
-
-
 # -- loading ------------------------------------------------------------------------------------
 
 def _as_direction(array, path, layers=None) -> Direction:
@@ -145,50 +87,31 @@ def _as_direction(array, path, layers=None) -> Direction:
     return Direction(t.contiguous(), layers)
 
 
-class _NumpyUnpickler(pickle.Unpickler):
-    """Rebuilds numpy arrays, numpy scalars and plain containers; refuses every other global."""
-
-    _ALLOWED = {
-        ("numpy", "ndarray"): np.ndarray,
-        ("numpy", "dtype"): np.dtype,
-        # numpy 1.x wrote these as numpy.core.*, numpy 2 as numpy._core.*
-        ("numpy.core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-        ("numpy._core.multiarray", "_reconstruct"): np._core.multiarray._reconstruct,
-        ("numpy.core.multiarray", "scalar"): np._core.multiarray.scalar,
-        ("numpy._core.multiarray", "scalar"): np._core.multiarray.scalar,
-    }
-
-    def __init__(self, file, name):
-        super().__init__(file)
-        self.name = name
-
-    def find_class(self, module, name):
-        try:
-            return self._ALLOWED[(module, name)]
-        except KeyError:
-            raise UnsafeCheckpointError(
-                f"direction file {self.name}: refused to load global '{module}.{name}' (it was not imported "
-                "or executed); only numpy arrays, numbers, strings, lists and dicts are accepted") from None
-
-
 def _load_npy(path: Path):
-    try:
-        return np.load(path, allow_pickle=False)
-    except ValueError as e:
-        if "Object arrays" not in str(e):
-            raise ValueError(f"direction file {path} is not a readable .npy file ({e})") from None
-    with open(path, "rb") as f:  # an object array (IDInvert's dict): .npy header, then a pickle
+    """A ``.npy`` file: a plain numeric array, or an object array holding a pickled dict
+    (IDInvert's boundaries), unpickled by ganinv's restricted unpickler (numeric arrays, numbers,
+    strings, containers; nothing else). The header's shape is checked against the file size before
+    anything is allocated."""
+    size = path.stat().st_size
+    with open(path, "rb") as f:
         try:
             version = np.lib.format.read_magic(f)
-            shape, _, dtype = getattr(np.lib.format, f"read_array_header_{version[0]}_{version[1]}")(f)
-            obj = _NumpyUnpickler(f, str(path)).load()
-        except UnsafeCheckpointError:
-            raise
-        except Exception as e:  # truncated or corrupt data surfaces as many exception types
-            raise ValueError(f"direction file {path} is truncated or corrupt ({type(e).__name__})") from None
-    if not dtype.hasobject or not isinstance(obj, np.ndarray) or obj.shape != shape:
-        raise ValueError(f"direction file {path} is not a numpy object array")
-    return obj[()] if obj.ndim == 0 else obj
+            shape, fortran, dtype = getattr(np.lib.format, f"read_array_header_{version[0]}_{version[1]}")(f)
+        except (ValueError, OSError, SyntaxError, AttributeError) as e:
+            raise ValueError(f"direction file {path} is not a readable .npy file ({e})") from None
+        if dtype.hasobject:  # the array is a pickle after the header
+            obj = unpickle(f, size - f.tell(), f"direction file {path}", PLAIN)
+            if not isinstance(obj, np.ndarray) or obj.shape != shape:
+                raise ValueError(f"direction file {path} is not a numpy object array of shape {shape}")
+            return obj[()] if obj.ndim == 0 else obj
+        if dtype.char not in NUMPY_KINDS or dtype.fields is not None:
+            raise ValueError(f"direction file {path}: dtype {dtype} is not a plain numeric type")
+        nbytes = math.prod(shape) * dtype.itemsize
+        if nbytes != size - f.tell():
+            raise ValueError(f"direction file {path}: its header declares {shape} of {dtype} ({nbytes} bytes) "
+                             f"but {size - f.tell()} bytes follow")
+        array = np.frombuffer(bytearray(f.read(nbytes)), dtype=dtype)
+    return array.reshape(shape, order="F" if fortran else "C")
 
 
 def load_direction(path) -> Direction:

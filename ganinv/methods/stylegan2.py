@@ -135,12 +135,11 @@ class StyleGAN2(pl.LightningModule):
 
     # -- export -------------------------------------------------------------------------
     def export(self, path, n_mean=10000, include_g=False):
-        """Write a rosinality-layout checkpoint: g_ema, d, latent_avg [D] (and the raw ``g`` with
-        ``include_g``; the Lightning checkpoint is what resumes training)."""
-        from ..checkpoints.safe import save_atomic
+        """Write a rosinality-layout checkpoint (:func:`ganinv.checkpoints.stylegan.save_generator`):
+        g_ema, d, latent_avg [D] (mean of ``n_mean`` mapped z, seed 0), arch (lr_mlp, mbstd group),
+        and the raw ``g`` with ``include_g``; the Lightning checkpoint is what resumes training."""
+        from ..checkpoints.stylegan import save_generator
 
         latent_avg = self.g_ema.mean_latent(n_mean, seed=0)[0]
-        out = {"g_ema": self.g_ema.state_dict(), "d": self.discriminator.state_dict(), "latent_avg": latent_avg}
-        if include_g:
-            out["g"] = self.generator.state_dict()
-        save_atomic(out, path)
+        save_generator(path, self.g_ema, d=self.discriminator, latent_avg=latent_avg,
+                       g=self.generator if include_g else None)
