@@ -326,6 +326,24 @@ def _files(tmp_path):
     (d / "bytearray8.pkl").write_bytes(b"\x80\x05\x96" + struct.pack("<Q", 10**15) + b".")
     add("BYTEARRAY8 declaring 1e15 bytes", "info", d / "bytearray8.pkl", "declares")
 
+    # opcodes used on what they were not made for (crafted streams, as NVIDIA .pkl files)
+    streams = {
+        "bytearray(1e12) by REDUCE": (b"\x80\x02cbuiltins\nbytearray\n\x8a\x06\x00\x10\xa5\xd4\xe8\x00\x85R.",
+                                      "never from a size"),
+        "SETITEM on a numpy dtype": (b"\x80\x02cnumpy\ndtype\nX\x02\x00\x00\x00f8\x89\x88\x87R"
+                                     b"X\x01\x00\x00\x00kK\x01s.", "sets an item of a PlainDType"),
+        "BUILD setting __class__": (b"\x80\x02cargparse\nNamespace\n)\x81}X\t\x00\x00\x00__class__"
+                                    b"cargparse\nNamespace\nsb.", "plain attribute names"),
+        "INST opcode": (b"\x80\x02(iargparse\nNamespace\n.", "INST/OBJ"),
+        "NEWOBJ_EX of an allowed class": (b"\x80\x04\x95\x1e\x00\x00\x00\x00\x00\x00\x00\x8c\x0bcollections"
+                                          b"\x94\x8c\x0bOrderedDict\x93)}\x92.", "INST/OBJ/NEWOBJ_EX"),
+        "a persistent id": (b"\x80\x02X\x01\x00\x00\x00xQ.", "persistent ids"),
+        "os.system by STACK_GLOBAL": (b"\x80\x04\x8c\x05posix\x8c\x06system\x93.", "'posix.system'"),
+    }
+    for i, (case, (data, fragment)) in enumerate(streams.items()):
+        (d / f"stream{i}.pkl").write_bytes(data)
+        add(case, "info", d / f"stream{i}.pkl", fragment)
+
     # tensor kinds
     torch.save({"g_ema": {"w": torch.eye(3).to_sparse()}}, d / "sparse.pt")
     add("sparse tensor in a state dict", "generator", d / "sparse.pt", "sparse tensor")
@@ -347,6 +365,7 @@ def _files(tmp_path):
     return cases
 
 
+@pytest.mark.filterwarnings("ignore:.*quantized tensor creation:UserWarning", "ignore:Sparse CSR:UserWarning")
 def test_loader_limits_table(tmp_path):
     """Every limit case in one loader process that must survive them all (no crash, no MemoryError,
     no RecursionError): each is one line naming the file and saying what is wrong."""

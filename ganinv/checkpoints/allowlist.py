@@ -14,9 +14,10 @@ names                                      what we build, and why it is safe
 =========================================  =====================================================
 ``collections.OrderedDict``, ``builtins``  empty containers the stream then fills; ``SETITEM`` /
 ``set`` / ``frozenset`` / ``complex``      ``APPEND`` are allowed on our containers only, never on
-/ ``bytearray``                            a tensor or a record
-``_codecs.encode``                         protocol-2 ``bytes``: a ``str`` re-encoded as latin-1, no
-                                           other codec (codecs can import modules)
+                                           a tensor or a record
+``_codecs.encode``, ``builtins.bytearray``  protocol-2 ``bytes``: a ``str`` re-encoded as latin-1, no
+                                           other codec (codecs can import modules); a bytearray
+                                           only from bytes, never from a size
 ``argparse.Namespace``                     rosinality's ``args``; filled only with ``str`` keys
 ``numpy.dtype``                            a :class:`PlainDType`: one of the fixed numeric kinds in
                                            ``NUMPY_KINDS`` with byte order ``<``/``>``/``|``/``=``, or
@@ -174,6 +175,16 @@ class PlainArray:
         self.value = np.frombuffer(state[4], dtype=dtype).reshape(shape, order=order).copy(order="K")
 
 
+def plain_bytearray(data=b"", encoding=None):
+    """``bytearray(b'...')`` (protocol 3/4) or ``bytearray('...', 'latin-1')`` (protocol 2); never
+    ``bytearray(n)``, which would allocate whatever size the file names."""
+    if isinstance(data, bytes) and encoding is None:
+        return bytearray(data)
+    if not isinstance(data, str):
+        raise ValueError(f"bytearray built from a {type(data).__name__}, not from bytes (never from a size)")
+    return bytearray(latin1_bytes(data, encoding or ""))
+
+
 def latin1_bytes(text, encoding="latin1"):
     if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
         raise ValueError("_codecs.encode other than str -> latin-1 bytes")
@@ -240,7 +251,7 @@ def _containers():
         ("builtins", "set"): set,
         ("builtins", "frozenset"): frozenset,
         ("builtins", "complex"): complex,
-        ("builtins", "bytearray"): bytearray,
+        ("builtins", "bytearray"): plain_bytearray,
         ("_codecs", "encode"): latin1_bytes,
         ("argparse", "Namespace"): argparse.Namespace,
     }
@@ -380,8 +391,8 @@ class RestrictedUnpickler(pickle._Unpickler):
             raise ValueError(f"the stream sets the state of a {type(inst).__name__}")
         if state is None:
             return
-        if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
-            raise ValueError(f"the state of a {type(inst).__name__} is not a dict of names")
+        if not isinstance(state, dict) or not all(isinstance(k, str) and not k.startswith("__") for k in state):
+            raise ValueError(f"the state of a {type(inst).__name__} is not a dict of plain attribute names")
         for key, value in state.items():
             setattr(inst, key, value)
     dispatch[pickle.BUILD[0]] = load_build

@@ -72,6 +72,8 @@ def _load_zip(file, total, name, allowed):
             dtype = _storage_kind(kind, name)
             _check_location(location, name)
             if key in storages:
+                if storages[key].flat.dtype != dtype or storages[key].flat.numel() != numel:
+                    raise BadFileError(f"{name}: storage {key} is declared twice, differently")
                 return storages[key]
             info = infos.get(f"{prefix}data/{key}") if isinstance(key, str) else None
             if info is None:
