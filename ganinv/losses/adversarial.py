@@ -14,9 +14,16 @@ def g_nonsaturating_loss(fake_logits):
     return F.softplus(-fake_logits).mean()
 
 
+def d_logistic_terms(real_logits, fake_logits):
+    """The two discriminator terms (mean softplus(−D(real)), mean softplus(D(fake))), which
+    e4e's coach logs as ``d_real_loss`` and ``d_fake_loss``."""
+    return F.softplus(-real_logits).mean(), F.softplus(fake_logits).mean()
+
+
 def d_logistic_loss(real_logits, fake_logits):
     """Discriminator side: mean softplus(−D(real)) + mean softplus(D(fake))."""
-    return F.softplus(-real_logits).mean() + F.softplus(fake_logits).mean()
+    real, fake = d_logistic_terms(real_logits, fake_logits)
+    return real + fake
 
 
 def r1_penalty(real_logits, real_inputs):

@@ -15,23 +15,32 @@ def w_norm(ws, latent_avg=None):
     return ws.flatten(1).norm(dim=1).sum() / ws.shape[0]
 
 
-def delta_regularization(ws, stage, p=2):
-    """e4e delta regularisation: Σ_{i=1}^{stage−1} mean_b ‖w_i − w_0‖_p over ws [B, n_latent, D].
+def delta_losses(ws, stage, p=2):
+    """e4e's per-delta terms: [mean_b ‖w_i − w_0‖_p for i = 1 … stage] over ws [B, n_latent, D].
 
-    ``stage`` is the encoder's progressive stage (number of active deltas). The sum stops at
-    stage − 1, exactly like the official coach (``for i in range(1, progressive_stage)``),
-    which leaves the newest delta unregularised; ``stage='all'`` sums i = 1 … n_latent − 1.
-    Adding the same latent_avg to every layer does not change the result, so codes may be
-    passed with or without it.
+    The official coach (``calc_loss``, ``for i in range(1, progressive_stage + 1)`` since its
+    commit 789f1f0 "coach.py fixups"; the first release stopped at stage − 1) logs term i as
+    ``delta{i}_loss`` and regularises their sum. ``stage`` is the number of active deltas
+    (0 gives an empty tensor). Adding the same latent_avg to every row does not change the
+    terms, so codes may be passed with or without it.
     """
     n_latent = ws.shape[1]
-    if stage == "all":
-        stage = n_latent
-    if not isinstance(stage, int) or not 0 <= stage <= n_latent:
-        raise ValueError(f"delta_regularization: stage must be 'all' or an int in [0, {n_latent}], "
-                         f"got {stage!r}")
-    deltas = ws[:, 1:stage] - ws[:, :1]
-    return deltas.norm(p=p, dim=2).mean(0).sum()
+    if not isinstance(stage, int) or not 0 <= stage < n_latent:
+        raise ValueError(f"delta_losses: stage must be an int in [0, {n_latent - 1}], got {stage!r}")
+    return (ws[:, 1:stage + 1] - ws[:, :1]).norm(p=p, dim=2).mean(0)
+
+
+def delta_regularization(ws, n_rows, p=2):
+    """Σ_{i=1}^{n_rows−1} mean_b ‖w_i − w_0‖_p: the deltas of the first ``n_rows`` rows of ws
+    [B, n_latent, D] (``'all'``: every row). e4e at progressive stage k regularises rows 1..k,
+    i.e. ``n_rows = k + 1`` (:func:`delta_losses` gives the official per-delta terms)."""
+    n_latent = ws.shape[1]
+    if n_rows == "all":
+        n_rows = n_latent
+    if not isinstance(n_rows, int) or not 0 <= n_rows <= n_latent:
+        raise ValueError(f"delta_regularization: stage (n_rows) must be 'all' or an int in [0, {n_latent}], "
+                         f"got {n_rows!r}")
+    return delta_losses(ws, max(n_rows - 1, 0), p).sum()
 
 
 def noise_regularize(noises, per_image=False):

@@ -1,11 +1,20 @@
 """e4e (Tov et al. 2021): encoder for editing — one w plus progressively enabled deltas.
 
-Per iteration (official ``training/coach.py``):
+Per iteration (official ``training/coach.py`` at 99ea505, the code the training-step vector
+``tests/conformance/training/e4e_train_step_256`` was recorded from):
   1. latent D step (if w_discriminator_lambda > 0): real w = mapping(z), fake = encoder codes
-     of the enabled rows, both through 50-code pools; softplus(−D(real)) + softplus(D(fake));
-     lazy R1 (γ, every ``d_reg_every``) on real w. Adam 2e-5.
-  2. encoder step: pSp reconstruction losses + λ_adv·mean_i softplus(−D(w_i)) over enabled
-     rows + λ_δ·Σ_i ‖w_i − w_0‖ (while progressive). Ranger 1e-4.
+     + latent_avg (official since f0a8223) of the enabled rows, both through 50-code pools
+     (row 0 when the pools are off); d_real_loss = mean softplus(−D(real)), d_fake_loss =
+     mean softplus(D(fake)); Adam 2e-5; lazy R1 (γ/2 · R1 · d_reg_every, every
+     ``d_reg_every``) on real w, a second Adam step. The encoder runs in train mode here, so
+     its BatchNorm statistics move twice per iteration, as in the official coach.
+  2. encoder step, terms added in the official order: λ_adv·mean_i softplus(−D(w_i)) over the
+     enabled rows (``encoder_discriminator_loss``), λ_δ·Σ_{i=1..stage} mean_b ‖w_i − w_0‖
+     (``delta{i}_loss``, ``total_delta_loss``; official since 789f1f0 "coach.py fixups", the
+     first release summed 1..stage−1; none at 'all'), then pSp's reconstruction losses.
+     Ranger 1e-4.
+Logged keys are the official ``loss_dict`` keys under ``train/``. ``init_from`` (fine-tuning)
+also loads the latent D from an official training checkpoint's ``discriminator_state_dict``.
 Progressive stage k is enabled at iteration progressive_start + (k−1)·progressive_step_every
 (stage 0 before progressive_start); without progressive_start every delta is on ('all').
 The latent D's randomness depends on (run seed, iteration) only: the real-w z of N DDP ranks
@@ -13,17 +22,18 @@ are the rows of one draw over the global batch (``shard_randn``: the z of 1 proc
 times the batch), and the pools' decisions come from a ``random.Random`` reseeded per (seed,
 rank, iteration), so a resumed run repeats them. The pools are per-rank state, like the
 official per-process pool; a checkpoint stores rank 0's, which every rank resumes from.
-(Generator noise with train_noise_mode=random uses torch's RNG, offset per rank.)
-Deviation, on purpose: the official D step feeds ``encoder(x)`` without latent_avg while the
-encoder's adversarial term sees codes with it; here both see codes + latent_avg (the codes
-the generator actually gets), as the paper describes.
+``z_sampler(module, n) -> z [n, style_dim]`` replaces that draw (e.g. to replay the official
+run's ``torch.randn``). (Generator noise with train_noise_mode=random uses torch's RNG, offset
+per rank.)
+Deliberate deviations from the official coach: the RNG streams above (same distributions,
+different draws), and ``global_step`` counts iterations although two optimizers step.
 """
 import random
 
 import torch
 
 from ..distributed import module_randn, run_seed, step_seed
-from ..losses import d_logistic_loss, delta_regularization, g_nonsaturating_loss, lazy_r1
+from ..losses import d_logistic_terms, delta_losses, g_nonsaturating_loss, lazy_r1
 from ..nets.latent_discriminator import LatentCodesDiscriminator, LatentCodesPool
 from .base import step_uncounted
 from .encoder import EncoderMethod
@@ -33,18 +43,23 @@ from .ranger import make_optimizer
 class E4E(EncoderMethod):
     def __init__(self, generator, encoder, w_discriminator_lambda=0.1, w_discriminator_lr=2e-5,
                  r1=10.0, d_reg_every=16, w_pool_size=50, delta_norm=2, delta_norm_lambda=2e-4,
-                 progressive_start=None, progressive_step_every=2000, **kwargs):
+                 progressive_start=None, progressive_step_every=2000, z_sampler=None, **kwargs):
         if callable(encoder) and not isinstance(encoder, torch.nn.Module):
             encoder = encoder(n_styles=generator.n_latent)
         super().__init__(generator, encoder, **kwargs)
         # logger=False: train.py logs the whole resolved config once
-        self.save_hyperparameters(ignore=["generator", "encoder", "lpips"], logger=False)
+        self.save_hyperparameters(ignore=["generator", "encoder", "lpips", "z_sampler"], logger=False)
         self.automatic_optimization = False
+        self.z_sampler = z_sampler
         if w_discriminator_lambda > 0:
             self.latent_discriminator = LatentCodesDiscriminator(generator.style_dim, 4)
             self.pool_rng = random.Random(0)  # reseeded every iteration (discriminator_step)
             self.real_w_pool = LatentCodesPool(w_pool_size, rng=self.pool_rng)
             self.fake_w_pool = LatentCodesPool(w_pool_size, rng=self.pool_rng)
+            # fine-tuning: the official training checkpoint's latent D (save_training_data)
+            if self.init_latent_discriminator is not None:
+                self.latent_discriminator.load_state_dict(self.init_latent_discriminator, strict=True)
+        self.init_latent_discriminator = None  # only needed while building
 
     # -- progressive schedule -----------------------------------------------------------
     def stage_at(self, iteration):
@@ -71,18 +86,20 @@ class E4E(EncoderMethod):
             logs.update(self.discriminator_step(batch["x"], opt_d))
 
         x, y, codes, y_hat = self.invert_batch(batch, noise_mode=hp.train_noise_mode)
-        loss, rec_logs = self.reconstruction_loss(x, y, y_hat, codes)
-        logs.update(rec_logs)
-        rows = self.enabled_rows()
+        loss = y_hat.new_zeros(())
         if hp.w_discriminator_lambda > 0:
             self.latent_discriminator.requires_grad_(False)
+            rows = self.enabled_rows()
             adv = sum(g_nonsaturating_loss(self.latent_discriminator(codes[:, i])) for i in rows) / len(rows)
             loss = loss + hp.w_discriminator_lambda * adv
             logs["encoder_discriminator_loss"] = adv.detach()
         if hp.progressive_start is not None and stage != "all":
-            delta = delta_regularization(codes, stage, p=hp.delta_norm)
+            deltas = delta_losses(codes, stage, p=hp.delta_norm)
+            logs.update({f"delta{i}_loss": d.detach() for i, d in enumerate(deltas, 1)})
+            delta = deltas.sum()
             loss = loss + hp.delta_norm_lambda * delta
             logs["total_delta_loss"] = delta.detach()
+        loss, logs = self.reconstruction_loss(x, y, y_hat, codes, loss=loss, logs=logs)
         opt_e.zero_grad(set_to_none=True)
         self.manual_backward(loss)
         opt_e.step()  # the one counted step per iteration
@@ -95,16 +112,21 @@ class E4E(EncoderMethod):
         d.requires_grad_(True)
         self.pool_rng.seed(step_seed(run_seed(), self.global_step, "w_pools", self.global_rank))
         with torch.no_grad():
-            z = module_randn(self, x.shape[0], self.generator.style_dim, key="latent_d/z")
+            if self.z_sampler is None:
+                z = module_randn(self, x.shape[0], self.generator.style_dim, key="latent_d/z")
+            else:
+                z = self.z_sampler(self, x.shape[0]).to(self.device)
             real_w = self.real_w_pool.query(self.generator.mapping(z))
             fake_w = self.fake_w_pool.query(self.encode(x)[:, self.enabled_rows()])
             if fake_w.ndim == 3:  # pool disabled: official keeps row 0
                 fake_w = fake_w[:, 0]
-        d_loss = d_logistic_loss(d(real_w), d(fake_w))
+        real_loss, fake_loss = d_logistic_terms(d(real_w), d(fake_w))
+        d_loss = real_loss + fake_loss
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss)
         step_uncounted(opt_d)
-        logs = {"discriminator_loss": d_loss.detach()}
+        logs = {"d_real_loss": real_loss.detach(), "d_fake_loss": fake_loss.detach(),
+                "discriminator_loss": d_loss.detach()}
         if hp.r1 > 0 and self.global_step % hp.d_reg_every == 0:
             real_w = real_w.detach().requires_grad_(True)
             r1 = lazy_r1(d(real_w), real_w, hp.r1, hp.d_reg_every)

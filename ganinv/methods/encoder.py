@@ -6,9 +6,10 @@ import torch.nn.functional as F
 import torchmetrics
 from torch import nn
 
-from ..checkpoints.safe import save_atomic
+from ..checkpoints.safe import load_torch, save_atomic
 from ..losses import IDLoss, MocoLoss, w_norm
 from ..metrics.image import id_similarity
+from ..nets.encoder_init import init_encoder
 from .base import check_precision, log_grid, offset_seed_by_rank, rng_state, set_rng_state
 
 PSP_CROP = (35, 223, 32, 220)  # pSp's face crop on 256 px images (ID and *_crop losses)
@@ -28,24 +29,39 @@ class EncoderMethod(pl.LightningModule):
     [B, 3, H, W] in [-1, 1]). Generator outputs larger than the target are average-pooled to
     it (pSp's ``face_pool``). Loss weights follow the official option names (``*_lambda``);
     a weight of 0 skips the loss and never builds its network.
+
+    ``encoder_init`` is the official initialisation of the new encoder (``irse50``: pSp's
+    ``load_weights`` from ``encoder_init_weights`` = ``model_ir_se50.pth``, input layer kept
+    when ``label_nc != 0``; ``resnet34_imagenet``: ReStyle's ResNet-34; ``none``), see
+    :mod:`ganinv.nets.encoder_init`. ``init_from`` (fine-tuning, official ``--checkpoint_path``)
+    replaces it: the encoder, decoder and latent_avg of an official pSp/e4e ``.pt`` or a ganinv
+    export are loaded (:meth:`load_init_from`); optimizers start fresh at step 0, unlike
+    ``resume``, the exact continuation of a ganinv run.
     """
 
     def __init__(self, generator, encoder, start_from_latent_avg=True, train_decoder=False,
                  lr=1e-4, optimizer="ranger", l2_lambda=1.0, lpips_lambda=0.8, id_lambda=0.0,
                  moco_lambda=0.0, w_norm_lambda=0.0, l2_lambda_crop=0.0, lpips_lambda_crop=0.0,
                  lpips=None, id_weights=None, moco_weights=None, train_noise_mode="random",
-                 image_every=250, n_mean_latent=10000):
+                 image_every=250, n_mean_latent=10000, encoder_init="none", encoder_init_weights=None,
+                 label_nc=0, init_from=None):
         super().__init__()
         # logger=False: train.py logs the whole resolved config once
         self.save_hyperparameters(ignore=["generator", "encoder", "lpips"], logger=False)
         self.generator = generator
         self.generator.requires_grad_(train_decoder)
         self.encoder = encoder
+        if init_from is None:
+            init_encoder(encoder, encoder_init, encoder_init_weights, label_nc)
         if generator.latent_avg is not None:
             avg = generator.latent_avg.reshape(-1, generator.style_dim)[-1]
         else:
             avg = generator.mean_latent(n_mean_latent, seed=0)[0]
         self.register_buffer("latent_avg", avg.expand(generator.n_latent, -1).clone())
+        # the file's latent D, if it has one (official training checkpoints); E4E loads it
+        self.init_latent_discriminator = None
+        if init_from is not None:
+            self.init_latent_discriminator = self.load_init_from(init_from).get("discriminator_state_dict")
         needs_lpips = lpips_lambda > 0 or lpips_lambda_crop > 0
         if needs_lpips and lpips is None:
             raise ValueError("method: lpips_lambda > 0 needs a loss.lpips network")
@@ -61,6 +77,38 @@ class EncoderMethod(pl.LightningModule):
             self.val_metrics["lpips"] = torchmetrics.MeanMetric()
         if self.id_loss is not None:  # ArcFace similarity, as pSp/e4e report it
             self.val_metrics["id"] = torchmetrics.MeanMetric()
+
+    def load_init_from(self, path):
+        """Load a trained pSp/e4e checkpoint to fine-tune from, as the official ``load_weights``
+        with ``checkpoint_path``: ``state_dict`` ``encoder.*`` into the encoder and ``decoder.*``
+        into the generator (strict), ``latent_avg`` ([n_styles, D] or [D]). Returns the file's dict."""
+        ckpt = load_torch(path, "init_from checkpoint", "an official pSp/e4e .pt or a ganinv export/<method>.pt")
+        if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict):
+            raise ValueError(f"init_from {path}: not a pSp/e4e checkpoint (expected a dict with 'state_dict' "
+                             "holding encoder.* / decoder.*)")
+        parts = {"encoder.": {}, "decoder.": {}}
+        for key, value in ckpt["state_dict"].items():
+            for prefix, part in parts.items():
+                if key.startswith(prefix):
+                    part[key[len(prefix):]] = value
+        for prefix, module in (("encoder.", self.encoder), ("decoder.", self.generator)):
+            if not parts[prefix] and prefix == "encoder.":
+                raise ValueError(f"init_from {path}: its state_dict has no encoder.* entries")
+            if parts[prefix]:
+                try:
+                    module.load_state_dict(parts[prefix], strict=True, assign=True)  # the file's tensors
+                except RuntimeError as e:
+                    first = str(e).strip().splitlines()[1:2] or [str(e)]
+                    raise ValueError(f"init_from {path}: {prefix.rstrip('.')} does not match the configured "
+                                     f"architecture ({first[0].strip()})") from None
+        avg = ckpt.get("latent_avg")
+        if avg is not None:
+            avg = avg.reshape(-1, self.latent_avg.shape[-1])
+            if avg.shape[0] not in (1, self.latent_avg.shape[0]):
+                raise ValueError(f"init_from {path}: latent_avg has {avg.shape[0]} rows, expected 1 or "
+                                 f"{self.latent_avg.shape[0]}")
+            self.latent_avg.copy_(avg.expand_as(self.latent_avg))
+        return ckpt
 
     # -- inversion ----------------------------------------------------------------------
     def encode(self, x):
@@ -83,30 +131,35 @@ class EncoderMethod(pl.LightningModule):
         return self.decode(self.encode(x), size=x.shape[-2:])
 
     # -- losses -------------------------------------------------------------------------
-    def reconstruction_loss(self, x, y, y_hat, codes):
-        """pSp ``calc_loss``: weighted L2, LPIPS, ID, MoCo, w-norm and their crop variants."""
+    def reconstruction_loss(self, x, y, y_hat, codes, loss=None, logs=None):
+        """pSp ``calc_loss``: weighted ID, L2, LPIPS, crop variants, w-norm and MoCo, added in
+        the official order onto ``loss`` (e4e's coach adds its adversarial and delta terms
+        first). Logs use the official ``loss_dict`` keys (``loss_id``, ``id_improve``, ...)."""
         hp = self.hparams
-        loss, logs = y_hat.new_zeros(()), {}
+        loss = y_hat.new_zeros(()) if loss is None else loss
+        logs = {} if logs is None else logs
 
         def add(name, weight, value):
             nonlocal loss
-            loss = loss + weight * value
+            loss = loss + value * weight
             logs[name] = value.detach()
 
         if hp.id_lambda > 0:
-            add("loss_id", hp.id_lambda, self.id_loss(y_hat, y, x)[0])
-        if hp.moco_lambda > 0:
-            add("loss_moco", hp.moco_lambda, self.moco_loss(y_hat, y, x)[0])
+            loss_id, logs["id_improve"], _ = self.id_loss(y_hat, y, x)
+            add("loss_id", hp.id_lambda, loss_id)
         if hp.l2_lambda > 0:
             add("loss_l2", hp.l2_lambda, F.mse_loss(y_hat, y))
         if hp.lpips_lambda > 0:
             add("loss_lpips", hp.lpips_lambda, self.lpips(y_hat, y))
-        if hp.l2_lambda_crop > 0:
-            add("loss_l2_crop", hp.l2_lambda_crop, F.mse_loss(crop_face(y_hat), crop_face(y)))
         if hp.lpips_lambda_crop > 0:
             add("loss_lpips_crop", hp.lpips_lambda_crop, self.lpips(crop_face(y_hat), crop_face(y)))
+        if hp.l2_lambda_crop > 0:
+            add("loss_l2_crop", hp.l2_lambda_crop, F.mse_loss(crop_face(y_hat), crop_face(y)))
         if hp.w_norm_lambda > 0:
             add("loss_w_norm", hp.w_norm_lambda, w_norm(codes, self.latent_avg))
+        if hp.moco_lambda > 0:
+            loss_moco, logs["id_improve"], _ = self.moco_loss(y_hat, y, x)
+            add("loss_moco", hp.moco_lambda, loss_moco)
         return loss, logs
 
     def invert_batch(self, batch, noise_mode):
@@ -177,7 +230,7 @@ class EncoderMethod(pl.LightningModule):
             "encoder_type": type(self.encoder).__name__,
             "output_size": g.size, "stylegan_size": g.size, "n_styles": g.n_latent,
             "start_from_latent_avg": bool(self.hparams.start_from_latent_avg),
-            "learn_in_w": False, "input_nc": getattr(self.encoder, "input_nc", 3), "label_nc": 0,
+            "learn_in_w": False, "input_nc": getattr(self.encoder, "input_nc", 3), "label_nc": self.hparams.label_nc,
             "encoder_num_layers": getattr(self.encoder, "num_layers", 50),
             "encoder_mode": getattr(self.encoder, "mode", "ir_se"),
             "generator": {"size": g.size, "style_dim": g.style_dim, "n_mlp": g.n_mlp,

@@ -188,17 +188,21 @@ class BackboneEncoderUsingLastLayerIntoWPlus(nn.Module):
 def load_irse50_into_encoder(encoder, ir_se50_state_dict, input_is_label=False, generator=None):
     """Initialise an encoder's IR-SE trunk from ArcFace IR-SE50 (``model_ir_se50.pth``) as pSp/ReStyle do.
 
-    ``input_layer.*`` and ``body.*`` are copied; ``output_layer.*`` (the face-embedding head) is
-    dropped and the style heads keep their initialisation. With ``input_is_label=True`` (pSp's
-    ``label_nc != 0``: segmentation maps, sketches) the whole input layer keeps its
-    initialisation. Otherwise, when the encoder takes ``input_nc != 3`` channels (ReStyle's 6),
-    the first conv gets the RGB filters in channels 0-2 and ``torch.randn`` in the others
-    (drawn from ``generator``), BN and PReLU are copied. Returns ``load_state_dict``'s result.
+    pSp's ``load_weights``: ``encoder.load_state_dict(ir_se50, strict=False)``, so every
+    ``input_layer.*`` and ``body.*`` entry is copied, the file's ``output_layer.*`` (the
+    face-embedding head) comes back as unexpected and the style heads keep their
+    initialisation. With ``input_is_label=True`` (pSp's ``label_nc != 0``: segmentation maps,
+    sketches) the keys containing ``input_layer`` are dropped first, so the whole input layer
+    keeps its initialisation. Otherwise, when the encoder takes ``input_nc != 3`` channels
+    (ReStyle's 6), the first conv gets the RGB filters in channels 0-2 and ``torch.randn`` in the
+    others (drawn from ``generator``), BN and PReLU are copied. Unlike the official (which would
+    start silently from random weights for a missing key), a file lacking trunk entries is
+    refused. Returns ``load_state_dict``'s result.
     """
-    sd = {k: v for k, v in ir_se50_state_dict.items() if not k.startswith("output_layer.")}
+    sd = dict(ir_se50_state_dict)
     trunk_keys = [k for k in encoder.state_dict() if k.startswith(("input_layer.", "body."))]
     if input_is_label:
-        sd = {k: v for k, v in sd.items() if not k.startswith("input_layer.")}
+        sd = {k: v for k, v in sd.items() if "input_layer" not in k}
         trunk_keys = [k for k in trunk_keys if not k.startswith("input_layer.")]
     missing = [k for k in trunk_keys if k not in sd]
     if missing:
