@@ -5,10 +5,12 @@ renamed): ``{'mean': [1, D], 'comp': [K, 1, D] unit rows by decreasing variance,
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 from torch import Tensor
 
-from ganinv.checkpoints import load_torch
+from ganinv.checkpoints import load_torch, save_atomic
 
 
 def pca_of_w(w: Tensor, n_components: int | None = None) -> dict[str, Tensor]:
@@ -31,13 +33,24 @@ def _from_moments(mean: Tensor, cov: Tensor, n_components: int | None) -> dict[s
             "std": var.sqrt().float()}
 
 
+GANSPACE_SAMPLES = 300_000  # GANSpace config.py: ``-n`` default, "Number of examples to use in decomposition"
+GANSPACE_COMPONENTS = 80  # GANSpace config.py: ``-c`` default; e4e's ffhq_pca.pt has 80 as well
+
+
 @torch.no_grad()
-def ganspace_pca(generator, n_samples: int = 100_000, n_components: int = 80, batch: int = 4096,
-                 seed: int = 0) -> dict[str, Tensor]:
-    """GANSpace's W PCA: map ``n_samples`` z ~ N(0, I) (no truncation) and take the top
-    ``n_components`` principal components. Moments are accumulated in float64 batch by batch, so
-    memory does not grow with ``n_samples`` (GANSpace uses 10^6 samples; 10^5 gives the leading
-    components to within sampling noise)."""
+def ganspace_pca(generator, n_samples: int = GANSPACE_SAMPLES, n_components: int = GANSPACE_COMPONENTS,
+                 batch: int = 4096, seed: int = 0) -> dict[str, Tensor]:
+    """GANSpace's PCA of W (harskish/ganspace ``decomposition.py`` with ``--use_w --layer=style``):
+    map ``n_samples`` z ~ N(0, I) (no truncation; GANSpace's default count, 300 000) and keep the top
+    ``n_components`` (80) principal components -> ``{'mean' [1, D], 'comp' [K, 1, D], 'std' [K]}``.
+
+    Deviations, both within sampling noise of the official numbers: GANSpace fits scikit-learn's
+    ``IncrementalPCA`` batch by batch (an approximation of the full PCA) and measures ``std`` as the
+    spread of 5 000 fresh samples' coordinates; here the exact covariance is accumulated in float64
+    batch by batch (memory does not grow with ``n_samples``; the same PCA as
+    ``sklearn.decomposition.PCA`` on all samples) and ``std`` is the square root of its eigenvalue."""
+    if n_samples < 2:
+        raise ValueError(f"ganspace_pca: n_samples must be at least 2, got {n_samples}")
     device = next(generator.parameters()).device
     gen = torch.Generator(device).manual_seed(seed)
     dim = generator.style_dim
@@ -51,6 +64,15 @@ def ganspace_pca(generator, n_samples: int = 100_000, n_components: int = 80, ba
     mean = total / n_samples
     cov = (gram - n_samples * torch.outer(mean, mean)) / (n_samples - 1)
     return _from_moments(mean.cpu(), cov.cpu(), n_components)
+
+
+def save_ganspace_pca(pca: dict[str, Tensor], path) -> Path:
+    """Write a PCA atomically in e4e's ``ffhq_pca.pt`` layout: ``{'mean' [1, D], 'comp' [K, 1, D],
+    'std' [K]}`` float32 tensors (read back by :func:`load_ganspace_pca`)."""
+    k, dim = pca["comp"].shape[0], pca["mean"].numel()
+    data = {"mean": pca["mean"].float().reshape(1, dim).clone(), "comp": pca["comp"].float().reshape(k, 1, dim).clone(),
+            "std": pca["std"].float().reshape(k).clone()}
+    return save_atomic(data, path)
 
 
 def load_ganspace_pca(path) -> dict[str, Tensor]:

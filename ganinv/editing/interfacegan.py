@@ -87,7 +87,7 @@ def _as_direction(array, path, layers=None) -> Direction:
     return Direction(t.contiguous(), layers)
 
 
-def _load_npy(path: Path):
+def load_npy(path: Path):
     """A ``.npy`` file: a plain numeric array, or an object array holding a pickled dict
     (IDInvert's boundaries), unpickled by ganinv's restricted unpickler (numeric arrays, numbers,
     strings, containers; nothing else). The header's shape is checked against the file size before
@@ -120,7 +120,7 @@ def load_direction(path) -> Direction:
     ``meta_data['manipulate_layers']``). Raises one-line errors naming the file."""
     path = check_file(path, "direction file")
     if path.suffix == ".npy":
-        data = _load_npy(path)
+        data = load_npy(path)
         if isinstance(data, dict):
             if "boundary" not in data:
                 raise ValueError(f"direction file {path}: dict without a 'boundary' entry "

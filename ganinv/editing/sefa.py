@@ -9,8 +9,10 @@ of AᵀA for the stacked A [ΣC_l, D].
 """
 from __future__ import annotations
 
+from pathlib import Path
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -65,3 +67,21 @@ def apply_sefa(ws: Tensor, sefa: SeFa, index: int, strengths) -> Tensor:
     mask = torch.zeros(ws.shape[1], 1, dtype=ws.dtype, device=ws.device)
     mask[sefa.layers] = 1
     return ws.unsqueeze(0) + s * (mask * sefa.directions[index].to(ws))
+
+
+def save_sefa(sefa: SeFa, n_latent: int, path, index: int) -> Path:
+    """Write direction ``index`` atomically in IDInvert's layer-wise boundary layout (a ``.npy`` dict
+    ``{'boundary': float32 [1, n_latent, D], 'meta_data': {'manipulate_layers': 'r0,r1,...'}}``, the
+    direction on every row, its rows in ``manipulate_layers``), so ``interfacegan:PATH:STRENGTHS`` edits
+    exactly as ``sefa:INDEX:STRENGTHS:layers=ROWS`` does. genforce/sefa writes no file (it renders
+    pages); this is the nearest official layout that keeps the rows with the direction."""
+    from ganinv.checkpoints.safe import atomic_write
+
+    if not 0 <= index < sefa.directions.shape[0]:
+        raise ValueError(f"save_sefa: direction {index} out of range [0, {sefa.directions.shape[0] - 1}]")
+    boundary = sefa.directions[index].float().cpu().numpy().reshape(1, 1, -1).repeat(n_latent, axis=1)
+    data = {"boundary": boundary, "meta_data": {"manipulate_layers": ",".join(map(str, sefa.layers)),
+                                                "eigenvalue": float(sefa.eigenvalues[index])}}
+    # an object array holding a plain dict, as IDInvert writes it (np.save pickles it); it is only ever
+    # read back by the restricted unpickler of load_direction
+    return atomic_write(path, lambda f: np.save(f, np.array(data, dtype=object)))
