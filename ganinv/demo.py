@@ -13,6 +13,7 @@ import argparse
 import base64
 import csv
 import html
+import json
 import os
 import subprocess
 import sys
@@ -24,7 +25,7 @@ import torchvision
 
 from .config import ASSETS
 from .data.images import load_image, save_image
-from .data.procedural import FACTORS, ProceduralFaces
+from .data.procedural import ProceduralFaces
 
 ROOT = Path(__file__).resolve().parent.parent
 # Hair tone: a factor the 64 px generator and a short-trained encoder both capture (boundary accuracy
@@ -52,26 +53,25 @@ def read_metrics(path):
 
 
 @torch.no_grad()
-def factor_edit(encoder_ckpt, inputs, n_fit=512, sigmas=(-4.0, 4.0)):
-    """InterFaceGAN on the trained encoder's codes: label = the renderer's EDIT_FACTOR value.
+def factor_edit(encoder_ckpt, inputs, sigmas=(-4.0, 4.0)):
+    """The shipped InterFaceGAN boundary of EDIT_FACTOR (``ganinv/assets/procedural64_<factor>.pt``,
+    fitted in the generator's W with sklearn's linear SVC by ``python -m ganinv.editing fit-boundary``;
+    its record is ``procedural64_directions.json``) applied to the trained encoder's codes.
 
-    Strengths are in units of the spread of the generator's W (w = mapping(z)) along the boundary
-    normal (``sigmas`` standard deviations), since a unit step means little in this W. Returns the edited images
-    (one [B, 3, 64, 64] tensor per strength), the boundary's validation accuracy and the strengths.
+    Strengths are in units of the spread of the generator's W along the boundary normal (``sigmas``
+    standard deviations, the recorded ``sigma``), since a unit step means little in this W. Returns the
+    edited images (one [B, 3, 64, 64] tensor per strength), the boundary's validation accuracy and the
+    strengths.
     """
     from .checkpoints import load_inverter
-    from .editing import apply_direction, train_boundary
+    from .editing import apply_direction, load_direction
 
+    record = json.loads((ASSETS / "procedural64_directions.json").read_text())["factors"][EDIT_FACTOR]
+    direction = load_direction(ASSETS / record["file"])
+    strengths = [k * record["sigma"] for k in sigmas]
     inv = load_inverter(encoder_ckpt)
-    faces = ProceduralFaces(n_fit, 64, seed=1, split="val")
-    images, factors = zip(*faces.__getitems__(list(range(n_fit))))
-    codes = torch.cat([inv.encode(torch.stack(images[i:i + 64])) for i in range(0, n_fit, 64)])
-    fit = train_boundary(codes[:, 0], torch.stack(factors)[:, FACTORS.index(EDIT_FACTOR)], chosen_ratio=0.25)
-    w = inv.generator.mapping(torch.randn(4096, inv.generator.style_dim, generator=torch.Generator().manual_seed(0)))
-    spread = (w @ fit.normal[0]).std().item()
-    strengths = [k * spread for k in sigmas]
-    edited = apply_direction(inv.encode(inputs), fit.normal, strengths)  # [S, B, L, D], every row
-    return [inv.decode(e) for e in edited], fit.val_accuracy, strengths
+    edited = apply_direction(inv.encode(inputs), direction, strengths)  # [S, B, L, D], every row
+    return [inv.decode(e) for e in edited], record["val_accuracy"], strengths
 
 
 def report(out, inputs, rows, metrics, edits, timings, accuracy, strengths):
@@ -92,7 +92,7 @@ img{{image-rendering:pixelated;width:100%}}</style></head><body>
 <h1>ganinv demo — embedded default</h1>
 <p>Held-out procedural faces inverted into the shipped 64 px StyleGAN2. Columns: input | e4e (encoder, one
 forward pass) | optimisation (W+ projector) | {EDIT_FACTOR} {strengths[0]:+.1f} | {EDIT_FACTOR}
-{strengths[1]:+.1f} (InterFaceGAN boundary fitted on e4e codes of labelled faces, validation accuracy
+{strengths[1]:+.1f} (the shipped InterFaceGAN boundary, fitted in the generator's W; validation accuracy
 {accuracy:.2f}; strengths are ±4 standard deviations of the generator's W along the boundary normal).</p>
 <img src="data:image/png;base64,{png}" alt="input, reconstructions and edits">
 <h2>Reconstruction (mean over {len(inputs)} held-out images; MSE on [-1, 1])</h2>
@@ -135,7 +135,7 @@ def main(argv=None):
         "inversion.latent_space=w+", f"inversion.steps={args.opt_steps}", "inversion.mse_lambda=1.0",
         f"batch_size={args.n_images}", log=out / "invert_optimisation.log")
 
-    print(f"[3/4] fitting a {EDIT_FACTOR} boundary on e4e codes and editing ...", flush=True)
+    print(f"[3/4] editing {EDIT_FACTOR} with the shipped boundary ...", flush=True)
     t0 = time.time()
     names = [f"face_{i:02d}" for i in range(args.n_images)]
     inputs = torch.stack([load_image(out / "inputs" / f"{n}.png") for n in names])

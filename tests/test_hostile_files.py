@@ -26,7 +26,7 @@ import torch
 from PIL import Image
 
 from ganinv.checkpoints import load_torch
-from ganinv.checkpoints.allowlist import MAX_DEPTH
+from ganinv.checkpoints.allowlist import MAX_DEPTH, TORCH, unpickle_bytes
 from ganinv.checkpoints.safe import load_storage_bytes
 from ganinv.nets.stylegan2 import Generator
 
@@ -166,7 +166,7 @@ def test_numpy_gadget_is_refused_by_every_loader(tmp_path):
         for loader, kind, suffix in GADGET_ROUTES:
             pairs.append((loader, _write(kind, tmp_path / f"{gadget}_{kind}{suffix}", GADGETS[gadget]())))
     results = _run_many(pairs, tmp_path)
-    for loader, path in pairs:
+    for _, path in pairs:
         rc, message = results[str(path)]
         assert rc == 2 and "\n" not in message and path.name in message and "numpy" in message, message
     assert not (tmp_path / "marker").exists()
@@ -205,8 +205,8 @@ def test_real_numpy_numbers_still_load_as_plain_python_values(tmp_path):
         assert loaded[key] == values[key].item() and type(loaded[key]) is type(values[key].item()), key
     assert loaded["be"] == 3.5
     assert loaded["arr"].dtype == np.int16 and (loaded["arr"] == values["arr"]).all()
-    legacy = pickle.dumps({"loss": np.float64(0.5)}, protocol=2).replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
-    from ganinv.checkpoints.allowlist import TORCH, unpickle_bytes
+    legacy = pickle.dumps({"loss": np.float64(0.5)}, protocol=2)
+    legacy = legacy.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
     assert unpickle_bytes(legacy, "numpy 1.x pickle", TORCH) == {"loss": 0.5}
 
 
