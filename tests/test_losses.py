@@ -59,7 +59,7 @@ def test_delta_regularization_known_offsets():
     w0 = torch.randn(3, 1, d)
     offsets = torch.arange(n, dtype=torch.float32).view(1, n, 1) * F.one_hot(torch.tensor(2), d)
     ws = w0 + offsets  # w_i = w_0 + i·e_2, so ‖w_i − w_0‖ = i for every sample
-    # official range(1, stage): stage 4 regularises deltas 1, 2, 3
+    # the first 4 rows: deltas 1, 2, 3 (the official 1..stage at progressive stage 3)
     assert delta_regularization(ws, 4).item() == pytest.approx(1 + 2 + 3)
     assert delta_regularization(ws, "all").item() == pytest.approx(sum(range(n)))
     assert delta_regularization(ws, 1).item() == 0

@@ -206,3 +206,42 @@ class OneHotLabels:
             )
         x = F.one_hot(labels, self.label_nc).permute(0, 3, 1, 2).float()
         return x[0] if single else x
+
+
+class HorizontalFlip:
+    """Frontalization input (pSp ``FrontalizationTransforms``): the target flipped with probability p.
+
+    The official flips source and target independently (a ``RandomHorizontalFlip(0.5)`` in each
+    transform). With the data module's own flip of y (``data.flip``), x = flip_p(y) has the same joint
+    law: x's flip state is y's XOR an independent fair coin, so x and y are flipped independently.
+    """
+
+    from_target = True
+    input_nc = 3
+
+    def __init__(self, p: float = 0.5):
+        if not 0 <= p <= 1:
+            raise ValueError(f"flip probability p must lie in [0, 1], got {p}")
+        self.p = p
+
+    def __call__(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        y, single = _batched(y)
+        flip = torch.rand(len(y), generator=generator) < self.p
+        x = torch.where(flip.view(-1, 1, 1, 1).to(y.device), y.flip(-1), y)
+        return x[0] if single else x
+
+
+class LuminanceLabels(OneHotLabels):
+    """A stand-in label map derived from the target (not an official input): luma in [0, 1] cut into
+    ``label_nc`` equal bins, one-hot like :class:`OneHotLabels`. It lets the segmentation-to-face recipe
+    train on data without label maps (the embedded procedural faces, tests); real runs use label maps.
+    """
+
+    from_target = True
+
+    def __call__(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        y, single = _batched(y)
+        luma = kornia.color.rgb_to_grayscale((y + 1) / 2).clamp(0, 1)
+        labels = (luma * self.label_nc).long().clamp(max=self.label_nc - 1)
+        x = super().__call__(labels)
+        return x[0] if single else x

@@ -13,6 +13,14 @@ from ..nets.encoder_init import init_encoder
 from .base import check_precision, log_grid, offset_seed_by_rank, rng_state, set_rng_state
 
 PSP_CROP = (35, 223, 32, 220)  # pSp's face crop on 256 px images (ID and *_crop losses)
+# e4e training/coach.py forward, dataset_type cars_encode: y_hat[:, :, 32:224, :] of the
+# 256x256 face_pool output (512x384 cars inside the 512x512 frame, seen at 192x256).
+CARS_ROWS = (32, 224)
+CROPPED_DATASETS = ("cars_encode",)
+# The official pSp/e4e/ReStyle opts keys the official loaders read that this model determines
+# (tests/test_export_opts.py lists, per key, the official file that reads it); export_opts gives the rest.
+MODEL_OPTS = ("dataset_type", "encoder_type", "input_nc", "label_nc", "output_size", "stylegan_size",
+              "n_styles", "start_from_latent_avg", "learn_in_w", "checkpoint_path", "device")
 
 
 def crop_face(img):
@@ -20,6 +28,22 @@ def crop_face(img):
     h, w = img.shape[-2:]
     t, b, l, r = PSP_CROP
     return img[:, :, t * h // 256:b * h // 256, l * w // 256:r * w // 256]
+
+
+def cars_crop(img):
+    """e4e's cars crop ``y_hat[:, :, 32:224, :]`` of a W x W image, rows scaled by W/256 (exactly the
+    official indexing at W = 256): [B, C, W, W] -> [B, C, 3W/4, W]."""
+    w = img.shape[-1]
+    top, bottom = CARS_ROWS
+    return img[:, :, top * w // 256:bottom * w // 256, :]
+
+
+def input_display(x, label_nc=0):
+    """Encoder inputs as 3-channel images for grids: RGB (and RGB + mask) as they are, 1-channel
+    sketches / grayscale repeated, one-hot label maps (label_nc > 1) as their class index in grey."""
+    if label_nc > 1:
+        return (x.argmax(1, keepdim=True).float() / (label_nc - 1) * 2 - 1).expand(-1, 3, -1, -1)
+    return x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1)
 
 
 class EncoderMethod(pl.LightningModule):
@@ -37,6 +61,11 @@ class EncoderMethod(pl.LightningModule):
     replaces it: the encoder, decoder and latent_avg of an official pSp/e4e ``.pt`` or a ganinv
     export are loaded (:meth:`load_init_from`); optimizers start fresh at step 0, unlike
     ``resume``, the exact continuation of a ganinv run.
+
+    ``dataset_type`` is the official option: ``cars_encode`` crops the output as e4e's coach
+    (:func:`cars_crop`), and it is written to the export's ``opts``, which the official inference
+    scripts read. ``export_opts``: further official ``opts`` entries written as given (e.g.
+    ``test_batch_size``, ``resize_factors``, ``stylegan_weights``; see :meth:`official_opts`).
     """
 
     def __init__(self, generator, encoder, start_from_latent_avg=True, train_decoder=False,
@@ -44,8 +73,11 @@ class EncoderMethod(pl.LightningModule):
                  moco_lambda=0.0, w_norm_lambda=0.0, l2_lambda_crop=0.0, lpips_lambda_crop=0.0,
                  lpips=None, id_weights=None, moco_weights=None, train_noise_mode="random",
                  image_every=250, n_mean_latent=10000, encoder_init="none", encoder_init_weights=None,
-                 label_nc=0, init_from=None):
+                 label_nc=0, init_from=None, dataset_type="ffhq_encode", export_opts=None):
         super().__init__()
+        fixed = sorted(set(export_opts or {}) & set(MODEL_OPTS))
+        if fixed:
+            raise ValueError(f"method.export_opts.{fixed[0]}: set from the model, not configurable")
         # logger=False: train.py logs the whole resolved config once
         self.save_hyperparameters(ignore=["generator", "encoder", "lpips"], logger=False)
         self.generator = generator
@@ -121,8 +153,12 @@ class EncoderMethod(pl.LightningModule):
         return codes
 
     def decode(self, codes, noise_mode="const", size=None):
-        """W+ codes -> images [B, 3, S, S], pooled to ``size`` when the generator is larger."""
+        """W+ codes -> images [B, 3, S, S], pooled to ``size`` when the generator is larger
+        (pSp's ``face_pool``). ``cars_encode``: pooled to W x W, then :func:`cars_crop`."""
         img = self.generator.synthesis(codes, noise_mode=noise_mode)
+        if size is not None and self.hparams.dataset_type in CROPPED_DATASETS:
+            w = size[-1]
+            img = cars_crop(F.adaptive_avg_pool2d(img, (w, w)) if img.shape[-2:] != (w, w) else img)
         if size is not None and tuple(img.shape[-2:]) != tuple(size):
             img = F.adaptive_avg_pool2d(img, size)
         return img
@@ -190,14 +226,15 @@ class EncoderMethod(pl.LightningModule):
         self.log_dict({f"{stage}/{k}": v for k, v in m.items()}, on_epoch=True, sync_dist=True)
         self.log(f"{stage}/loss", loss, on_epoch=True, sync_dist=True)
         if batch_idx == 0:
-            rows = [x[:, :3] if x.shape[1] >= 3 else x[:, :1].expand(-1, 3, -1, -1), y_hat, y]
+            rows = [input_display(x, self.hparams.label_nc), y_hat, y]
             log_grid(self, f"{stage}/input_recon_target", [r[:8] for r in rows])
 
     def log_train(self, logs, x, y, y_hat):
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, prog_bar=False)
         every = self.hparams.image_every
         if every and self.global_step % every == 0:
-            log_grid(self, "train/input_recon_target", [x[:4, :3], y_hat[:4], y[:4]])
+            log_grid(self, "train/input_recon_target", [input_display(x[:4], self.hparams.label_nc),
+                                                        y_hat[:4], y[:4]])
 
     # -- optimisation -------------------------------------------------------------------
     def setup(self, stage):
@@ -224,23 +261,34 @@ class EncoderMethod(pl.LightningModule):
 
     # -- export -------------------------------------------------------------------------
     def official_opts(self):
-        """The official ``opts`` dict (pSp/e4e key names) describing this model."""
-        g = self.generator
-        return {
-            "encoder_type": type(self.encoder).__name__,
+        """The official ``opts`` dict (pSp/e4e/ReStyle key names) describing this model: the keys
+        of :data:`MODEL_OPTS` from the model (``device`` 'cuda:0' as the official coaches store it;
+        ``checkpoint_path`` is ``init_from``, which the official loaders replace by the file's own
+        path), the loss weights, ``export_opts``, and ganinv's architecture keys."""
+        g, hp = self.generator, self.hparams
+        opts = {
+            "dataset_type": hp.dataset_type, "encoder_type": type(self.encoder).__name__,
+            "input_nc": getattr(self.encoder, "input_nc", 3), "label_nc": hp.label_nc,
             "output_size": g.size, "stylegan_size": g.size, "n_styles": g.n_latent,
-            "start_from_latent_avg": bool(self.hparams.start_from_latent_avg),
-            "learn_in_w": False, "input_nc": getattr(self.encoder, "input_nc", 3), "label_nc": self.hparams.label_nc,
+            "start_from_latent_avg": bool(hp.start_from_latent_avg),
+            "learn_in_w": bool(getattr(self.encoder, "learn_in_w", False)),
+            "checkpoint_path": hp.init_from, "device": "cuda:0",
+            **{k: v for k, v in hp.items() if "_lambda" in k},
+            "learning_rate": hp.lr, "optim_name": hp.optimizer, "train_decoder": bool(hp.train_decoder),
+            **dict(hp.export_opts or {}),
             "encoder_num_layers": getattr(self.encoder, "num_layers", 50),
             "encoder_mode": getattr(self.encoder, "mode", "ir_se"),
             "generator": {"size": g.size, "style_dim": g.style_dim, "n_mlp": g.n_mlp,
                           "channel_multiplier": g.channel_multiplier, "channel_max": g.channel_max},
         }
+        return opts
 
     def export(self, path):
         """Write the official pSp/e4e checkpoint layout: ``state_dict`` (``encoder.*``,
-        ``decoder.*``), ``latent_avg`` [n_styles, D] and ``opts``."""
+        ``decoder.*``), ``latent_avg`` ([n_styles, D]; [1, D] for ``learn_in_w``, as pSp saves
+        it) and ``opts``."""
         state = {f"encoder.{k}": v for k, v in self.encoder.state_dict().items()}
         state.update({f"decoder.{k}": v for k, v in self.generator.state_dict().items()})
-        save_atomic({"state_dict": state, "latent_avg": self.latent_avg.clone(),
-                     "opts": self.official_opts()}, path)
+        opts = self.official_opts()
+        avg = self.latent_avg[:1] if opts["learn_in_w"] else self.latent_avg
+        save_atomic({"state_dict": state, "latent_avg": avg.clone(), "opts": opts}, path)

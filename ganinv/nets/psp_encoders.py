@@ -148,11 +148,19 @@ class GradualStyleEncoder(FPNStyleEncoderBase):
 class BackboneEncoderUsingLastLayerIntoW(nn.Module):
     """pSp's W encoder: IR-SE trunk, global average pool, EqualLinear. -> w [B, 512].
 
-    The generator broadcasts w to all layers (pSp's ``learn_in_w``).
+    The generator broadcasts w to all layers (pSp's ``learn_in_w``; pSp ``models/psp.py``
+    builds it for ``--encoder_type BackboneEncoderUsingLastLayerIntoW``, e4e names it
+    ``SingleStyleCodeEncoder``). ``n_styles``, ``input_size`` and ``head_channels`` are taken so
+    that every pSp encoder is built from one config (``conf/method/psp.yaml``): the single w
+    needs no style count, the global pool takes any input size, and there are no style heads.
     """
 
-    def __init__(self, num_layers=50, mode="ir_se", input_nc=3):
+    learn_in_w = True
+
+    def __init__(self, num_layers=50, mode="ir_se", input_nc=3, n_styles=None, input_size=None,
+                 head_channels=None):
         super().__init__()
+        self.num_layers, self.mode, self.input_nc = num_layers, mode, input_nc
         self.input_layer = make_input_layer(input_nc)
         self.output_pool = nn.AdaptiveAvgPool2d((1, 1))
         self.linear = EqualLinear(512, 512, lr_mul=1)
@@ -167,11 +175,16 @@ class BackboneEncoderUsingLastLayerIntoWPlus(nn.Module):
     """pSp's W+ baseline: IR-SE trunk, BN, pool to 7x7, Linear(25088, 512), EqualLinear to all styles.
 
     -> [B, n_styles, 512]. The official hard-codes 18 styles; ``n_styles=18`` loads its weights.
+    ``input_size`` / ``head_channels`` are taken for the shared config and unused (the 7x7 pool
+    takes any input size; no style heads).
     """
 
-    def __init__(self, num_layers=50, mode="ir_se", n_styles=18, input_nc=3):
+    learn_in_w = False
+
+    def __init__(self, num_layers=50, mode="ir_se", n_styles=18, input_nc=3, input_size=None, head_channels=None):
         super().__init__()
         _check_n_styles(n_styles)
+        self.num_layers, self.mode, self.input_nc = num_layers, mode, input_nc
         self.n_styles = n_styles
         self.input_layer = make_input_layer(input_nc)
         self.output_layer_2 = nn.Sequential(
