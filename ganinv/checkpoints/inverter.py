@@ -31,7 +31,7 @@ from torch import nn
 
 from ..nets.e4e_encoder import Encoder4Editing
 from ..nets.idinvert_encoder import IDInvertEncoder
-from ..nets.irse import _UNITS
+from ..nets.irse import UNITS
 from ..nets.psp_encoders import (
     BackboneEncoderUsingLastLayerIntoW,
     BackboneEncoderUsingLastLayerIntoWPlus,
@@ -57,7 +57,7 @@ OFFICIAL_INPUT_SIZE = (256, 256)  # pSp/e4e/ReStyle transforms: Resize((256, 256
 CARS_INPUT_SIZE = (192, 256)  # their 'cars_encode' transforms: Resize((192, 256))
 RESTYLE_DEFAULT_ITERS = 5  # ReStyle's --n_iters_per_batch default
 _STEMS = ("input_layer.0.weight", "conv1.weight", "block0.conv.weight")  # IR-SE, ResNet, IDInvert
-_IRSE_DEPTH = {sum(units): n for n, units in _UNITS.items()}  # residual units in body -> num_layers
+_IRSE_DEPTH = {sum(units): n for n, units in UNITS.items()}  # residual units in body -> num_layers
 
 
 class Inverter(nn.Module):

@@ -11,17 +11,17 @@ from torch import nn
 # Units per stage; the first unit of every stage has stride 2 (also the 64 -> 64 stage).
 # 50/100/152 are pSp's; 18/34 (insightface's iresnet18/34 unit counts) are for small models
 # such as the embedded default.
-_UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
+UNITS = {18: (2, 2, 2, 2), 34: (3, 4, 6, 3), 50: (3, 4, 14, 3), 100: (3, 13, 30, 3), 152: (3, 8, 36, 3)}
 _DEPTHS = (64, 128, 256, 512)
 MODES = ("ir", "ir_se")
 
 
 def get_blocks(num_layers):
     """Per stage, the list of units as ``(in_channel, depth, stride)``."""
-    if num_layers not in _UNITS:
-        raise ValueError(f"IR-SE num_layers must be one of {sorted(_UNITS)}, got {num_layers}")
+    if num_layers not in UNITS:
+        raise ValueError(f"IR-SE num_layers must be one of {sorted(UNITS)}, got {num_layers}")
     blocks, in_channel = [], 64
-    for depth, n in zip(_DEPTHS, _UNITS[num_layers]):
+    for depth, n in zip(_DEPTHS, UNITS[num_layers]):
         blocks.append([(in_channel, depth, 2)] + [(depth, depth, 1)] * (n - 1))
         in_channel = depth
     return blocks
