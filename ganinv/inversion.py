@@ -5,13 +5,25 @@ Per image, under ``output``: ``reconstructions/<key>.png`` (generator resolution
 when the method optimised them and no PTI followed), ``generators/<key>.pt`` (refine=pti: the
 tuned generator, rosinality layout), ``aligned/<key>.png`` (align=true). For the run:
 ``metrics.csv`` (one row per image), ``grid.png`` (input | reconstruction) and a summary line.
-``<key>`` is the image's path relative to the input folder without its extension. Every file is
-written atomically, so an interrupted run leaves whole files; a re-run skips images whose row
-and files exist. Unreadable images are listed in the summary and skipped.
+
+``<key>`` is the image's path relative to the input folder without its extension, made unique by
+:func:`ganinv.data.folder.image_keys` (``x.png``, ``x.jpg``, ``x_png.png`` -> ``x_png~2``,
+``x_jpg``, ``x_png``; the same keys every run, whatever the listing order; renamed keys are
+listed in the summary). The walk (:func:`ganinv.data.folder.walk_images`) follows linked
+folders once and reports repeats, and leaves out the output folder and any earlier ganinv output
+folder inside the input folder, so outputs are never read as inputs.
+
+Per-image isolation: an input that cannot be used -- a file name that is not UTF-8, a broken
+link, a file that does not decode, a face that alignment cannot find -- is listed in the summary
+as unreadable and skipped; an inversion that diverges (non-finite latent or image) is listed and
+not written; the other images are inverted. The run fails (exit 2) only when no image could be.
+
+Files, the lock and write faults: :mod:`ganinv.outputs` (atomic writes, one run per output folder,
+a write fault is one line naming the path with exit 2, garbage metrics.csv rows ignored and
+reported). A re-run skips images whose row and files exist.
 """
-import csv
+import contextlib
 import functools
-import io
 import logging
 import math
 import os
@@ -19,6 +31,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -27,16 +40,24 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
-from .checkpoints.safe import atomic_write, save_atomic
-from .data.folder import list_images
-from .data.images import IMAGE_EXTENSIONS, load_image, open_image, save_image, to_tensor
+from .data.folder import display_path, image_keys, walk_images
+from .data.images import IMAGE_EXTENSIONS, load_image, open_image, to_tensor
 from .editing.edits import Edit, edit_strip, parse_edit
 from .methods.base import image_grid
 from .methods.optimization import fit_to, w_statistics
 from .methods.pti import save_generator
+from .outputs import (
+    COLUMNS,  # noqa: F401 -- still importable as ganinv.inversion.COLUMNS
+    WRITE_ERRNOS,
+    OutputError,
+    Outputs,
+    RunLock,
+    describe_os_error,
+    is_output_folder,
+    writing,
+)
 from .runner import one_line_errors
 
-COLUMNS = ["image", "mse", "psnr", "ssim", "lpips", "seconds", "generator"]
 METHODS = ("optimize", "idinvert")
 DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
 ALIGN_HINT = "align=true needs the optional face-alignment extra: pip install 'ganinv[align]'"
@@ -129,72 +150,47 @@ def align_face(path, size):
 
 
 # -- inputs and outputs ---------------------------------------------------------------------
-def collect_inputs(path):
-    """An image file or a folder (recursive) -> (paths, keys); a key is the path relative to the
-    folder without its extension (with it, '.' -> '_', where two files would share a key)."""
+class Inputs(NamedTuple):
+    """The images of one run: ``paths`` and their output ``keys`` (:func:`ganinv.data.folder.image_keys`),
+    ``problems`` (inputs that cannot be used, reported as unreadable) and ``notes`` (renamed keys,
+    excluded and already-walked folders), all shown in the summary."""
+
+    paths: list
+    keys: list
+    problems: list
+    notes: list
+
+
+def find_inputs(path, output=None):
+    """An image file or a folder (walked recursively, see :func:`ganinv.data.folder.walk_images`) ->
+    :class:`Inputs`. The output folder and any earlier ganinv output folder (one holding a ganinv
+    metrics.csv) below the input folder are left out, so outputs are never read back as inputs;
+    an output folder that is the input folder itself is refused."""
     path = Path(path)
     if path.is_file():
         if path.suffix.lower() not in IMAGE_EXTENSIONS:
             raise ValueError(f"input={path}: not an image file ({', '.join(IMAGE_EXTENSIONS)})")
-        return [path], [path.stem]
+        return Inputs([path], [path.stem], [], [])
     if not path.exists():
         raise FileNotFoundError(f"input={path}: no such file or folder")
-    paths = list_images(path)
-    rel = [p.relative_to(path) for p in paths]
-    stems = [r.with_suffix("").as_posix() for r in rel]
-    clash = {s for s in stems if stems.count(s) > 1}
-    keys = [r.as_posix().replace(".", "_") if s in clash else s for r, s in zip(rel, stems)]
-    return paths, keys
+    if output is not None and os.path.realpath(output) == os.path.realpath(path):
+        raise ValueError(f"output={output}: is the input folder itself; its outputs would be read as inputs "
+                         "on the next run: choose another output folder")
+    found = walk_images(path, exclude=[output] if output is not None else [], is_excluded=is_output_folder)
+    if not found.paths and not found.problems:
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {path}")
+    keys, renames = image_keys([p.relative_to(path).as_posix() for p in found.paths])
+    notes = list(found.notes)
+    if renames:  # the first ten; a folder of .png/.jpg twins would otherwise fill the summary line
+        more = f", and {len(renames) - 10} more" if len(renames) > 10 else ""
+        notes.append(f"{len(renames)} output keys made unique ({', '.join(renames[:10])}{more})")
+    return Inputs(found.paths, keys, found.problems, notes)
 
 
-class Outputs:
-    """File layout under the output folder, metrics.csv and which images are finished."""
-
-    def __init__(self, root):
-        self.root = Path(root)
-        self.csv = self.root / "metrics.csv"
-        self.rows = {}
-        if self.csv.is_file():
-            with open(self.csv, newline="") as f:
-                self.rows = {row["image"]: row for row in csv.DictReader(f)}
-
-    def path(self, kind, key, suffix):
-        return self.root / kind / f"{key}{suffix}"
-
-    def done(self, key, need_generator, edit_tags=()):
-        row = self.rows.get(key)
-        if row is None:
-            return False
-        files = [self.path("reconstructions", key, ".png"), self.path("latents", key, ".pt"),
-                 self.path("latents", key, ".npy"), *(self.path(f"edits/{t}", key, ".png") for t in edit_tags)]
-        if need_generator:
-            if not row.get("generator"):
-                return False
-            files.append(self.root / row["generator"])
-        return all(f.is_file() for f in files)
-
-    def write_image(self, key, image, latent, noises=None, aligned=None):
-        save_image(image, self.path("reconstructions", key, ".png"))
-        latent = latent.detach().float().cpu().clone()
-        save_atomic(latent, self.path("latents", key, ".pt"))
-        atomic_write(self.path("latents", key, ".npy"), lambda f: np.save(f, latent.numpy()))
-        if noises is not None:
-            save_atomic(noises, self.path("noises", key, ".pt"))
-        if aligned is not None:
-            save_image(aligned, self.path("aligned", key, ".png"))
-
-    def write_edit(self, tag, key, strip):
-        """strip [S, 3, H, W] (one image per strength) -> ``edits/<tag>/<key>.png``, side by side."""
-        save_image(torch.cat(list(strip), dim=-1), self.path(f"edits/{tag}", key, ".png"))
-
-    def add_rows(self, rows):
-        self.rows.update({row["image"]: row for row in rows})
-        text = io.StringIO()
-        writer = csv.DictWriter(text, COLUMNS, extrasaction="ignore", lineterminator="\n")
-        writer.writeheader()
-        writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
-                         for row in self.rows.values())
-        atomic_write(self.csv, lambda f: f.write(text.getvalue().encode()))
+def collect_inputs(path):
+    """An image file or a folder -> (paths, keys); see :func:`find_inputs`."""
+    found = find_inputs(path)
+    return found.paths, found.keys
 
 
 # -- metrics --------------------------------------------------------------------------------
@@ -223,15 +219,26 @@ class ImageMetrics:
 
 
 # -- configuration ----------------------------------------------------------------------------
-def _positive_int(cfg, name, minimum=1):
+def _positive_int(cfg, name, minimum=1, prefix=""):
     value = cfg.get(name)
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name}={value}: expected an integer >= {minimum}")
+        raise ValueError(f"{prefix}{name}={value}: expected an integer >= {minimum}")
     return value
 
 
+def check_device(name):
+    """device= names an accelerator this machine has (one line otherwise, before anything is built)."""
+    if name in ("cuda", "gpu") and not torch.cuda.is_available():
+        raise ValueError(f"device={name}: no CUDA GPU is available here (torch.cuda.is_available() is False); "
+                         "use device=cpu or device=auto")
+    if name == "mps" and not torch.backends.mps.is_available():
+        raise ValueError("device=mps: Apple's MPS backend is not available here; use device=cpu or device=auto")
+
+
 def check_config(cfg):
-    """One-line ValueError/FileNotFoundError for a bad top-level setting."""
+    """One-line ValueError/FileNotFoundError naming the key for a bad setting, before anything is
+    built or written: paths, choices, integers (``seed``, ``batch_size``, the preset's
+    ``n_mean_latent`` and ``steps``), a ``device`` this machine lacks, edit specs."""
     for key in ("input", "output"):
         if OmegaConf.is_missing(cfg, key) or cfg.get(key) in (None, ""):
             raise ValueError(f"{key}=PATH is required (python invert.py input=DIR_OR_FILE output=DIR)")
@@ -259,6 +266,13 @@ def check_config(cfg):
         _positive_int(cfg, "resize", 8)
     if cfg.device not in DEVICES:
         raise ValueError(f"device={cfg.device}: expected one of {', '.join(DEVICES)}")
+    check_device(cfg.device)
+    seed = cfg.get("seed")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
+        raise ValueError(f"seed={seed}: expected an integer in [0, 2^32)")
+    preset_key = "inversion" if method == "optimize" else "idinvert" if method == "idinvert" else None
+    if preset_key is not None:
+        _positive_int(cfg[preset_key], "n_mean_latent", prefix=f"{preset_key}.")
     if not isinstance(cfg.align, bool):
         raise ValueError(f"align={cfg.align}: expected true or false")
     for spec in edit_specs(cfg):
@@ -315,9 +329,38 @@ def build_loggers(cfg):
     return loggers
 
 
+def generator_given(cfg):
+    """Whether the user chose a generator (``generator=checkpoint|random`` or a ``generator.path``
+    other than the embedded one) rather than leaving the default."""
+    g = cfg.generator
+    if not str(g.get("_target_", "")).endswith("load_generator"):
+        return True
+    default = Path(str(cfg.paths.assets)) / "procedural64.pt"
+    return os.path.realpath(str(g.path)) != os.path.realpath(default)
+
+
+def check_generator_fits(generator, own, cfg, encoder_path):
+    """The user's generator must take the codes the encoder gives: same W+ shape [n_latent, D]."""
+    mine = (generator.n_latent, generator.style_dim)
+    theirs = (own.n_latent, own.style_dim)
+    if mine != theirs:
+        given = f"generator.path={cfg.generator.path}" if "path" in cfg.generator else "generator="
+        raise ValueError(f"{given} takes W+ codes [{mine[0]}, {mine[1]}], but the encoder {encoder_path} gives "
+                         f"[{theirs[0]}, {theirs[1]}] (for the generator inside it); drop generator= to use "
+                         "the encoder's own generator, or give an encoder trained for this one")
+
+
 # -- the run ----------------------------------------------------------------------------------
 class InversionRun:
-    """Builds the networks once, then inverts batches of (key, image) pairs."""
+    """Builds the networks once, then inverts batches of (key, image) pairs.
+
+    The generator: the config's ``generator`` for method=optimize|idinvert without an encoder.
+    With an encoder checkpoint (method=PATH, init=encoder, method=idinvert) the checkpoint's own
+    generator is used unless the user chose one (:func:`generator_given`): then the user's
+    generator is honoured -- a researcher naming a generator means to invert into it (e.g. a
+    fine-tuned G with the encoder of its parent as the initialisation) -- after checking that it
+    takes the encoder's codes (:func:`check_generator_fits`), and never replaced silently.
+    """
 
     def __init__(self, cfg):
         self.cfg = cfg
@@ -333,6 +376,9 @@ class InversionRun:
             self.inverter = load_inverter(encoder_path, device=self.device).requires_grad_(False)
         if self.inverter is not None:
             self.generator = self.inverter.generator
+            if generator_given(cfg):
+                self.generator = instantiate(cfg.generator)
+                check_generator_fits(self.generator, self.inverter.generator, cfg, encoder_path)
             self.encoder = InverterEncoder(self.inverter, cfg.restyle_iters)
         else:
             self.generator, self.encoder = instantiate(cfg.generator), None
@@ -398,7 +444,8 @@ class InversionRun:
                 tag = keys[group[0]] if self.cfg.refine_per_image else f"{keys[group[0]]}.batch"
                 rel = Path("generators") / f"{tag}.pt"
                 if main:
-                    save_generator(module.generator, Path(self.cfg.output) / rel)
+                    with writing(Path(self.cfg.output) / rel):
+                        save_generator(module.generator, Path(self.cfg.output) / rel)
                 for i in group:
                     generators[i] = rel.as_posix()
         else:
@@ -408,6 +455,8 @@ class InversionRun:
 
 def load_inputs(paths, size, align):
     """Load each file (FFHQ-aligned with ``align``) -> (list of [3, size, size] or None, errors).
+    Any failure of one file (decode, alignment, an unexpected exception from an image plugin) is
+    that file's: it becomes one error line naming the file and the other files still load.
     Conversion warnings (RGBA, greyscale, 16-bit, ...) are printed as one line each on stderr."""
     images, errors = [], []
     for path in paths:
@@ -417,9 +466,15 @@ def load_inputs(paths, size, align):
                 images.append(align_face(path, size) if align else load_image(path, size))
             for w in caught:
                 print(f"warning: {w.message}", file=sys.stderr)
-        except (ValueError, FileNotFoundError, OSError) as e:
+        except ImportError:
+            raise
+        except Exception as e:  # noqa: BLE001 -- per-image isolation: one bad file never stops the run
             images.append(None)
-            errors.append(str(e) if str(path) in str(e) else f"{path}: {e}")
+            text = next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
+            if not isinstance(e, (ValueError, OSError)):
+                text = f"{type(e).__name__}: {text}"
+            name = display_path(path)
+            errors.append(text if name in text else f"{name}: {text}")
     return images, errors
 
 
@@ -433,13 +488,13 @@ def write_grid(outputs, paths, keys, size, limit, align):
         source = outputs.path("aligned", key, ".png") if align else path
         try:
             target = load_image(source, size)
-        except (ValueError, FileNotFoundError):
+            recon = load_image(outputs.path("reconstructions", key, ".png"))
+        except (ValueError, OSError):  # changed or removed since it was inverted
             continue
-        recon = load_image(outputs.path("reconstructions", key, ".png"))
         rows.append((target, fit_to(recon[None], (size, size))[0]))
     if rows:
         grid = image_grid([torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])])
-        save_image(grid * 2 - 1, outputs.root / "grid.png")
+        outputs.write_grid(grid * 2 - 1)
     return len(rows)
 
 
@@ -458,24 +513,31 @@ def _quiet_lightning():
 
 
 def invert(cfg):
-    """Run the inversion the config describes; returns the summary dict (also printed)."""
+    """Run the inversion the config describes; returns the summary dict (also printed). Global
+    rank zero holds the output folder's lock (:class:`ganinv.outputs.RunLock`) for the whole run."""
+    check_config(cfg)
+    rank_zero = all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
+    inputs = find_inputs(cfg.input, cfg.output)
+    with RunLock(cfg.output) if rank_zero else contextlib.nullcontext():
+        return _invert(cfg, inputs, rank_zero)
+
+
+def _invert(cfg, inputs, rank_zero):
     import pytorch_lightning as pl
     from tqdm import tqdm
 
-    check_config(cfg)
     _quiet_lightning()
     if cfg.align:
         _dlib_models()
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
-    paths, keys = collect_inputs(cfg.input)
+    paths, keys = inputs.paths, inputs.keys
     outputs = Outputs(cfg.output)
     refine = cfg.get("refine") == "pti"
     runner = InversionRun(cfg)
     todo = [(p, k) for p, k in zip(paths, keys) if not outputs.done(k, refine, runner.edits)]
     skipped = len(paths) - len(todo)
     metrics = ImageMetrics(cfg.metrics.lpips_net, runner.device)
-    rank_zero = all(os.environ.get(v, "0") == "0" for v in ("RANK", "LOCAL_RANK", "NODE_RANK"))
-    errors, diverged, inverted = [], [], 0
+    errors, diverged, inverted = list(inputs.problems), [], 0
     bar = tqdm(total=len(todo), unit="img", disable=None if rank_zero else True, file=sys.stderr)
     for start in range(0, len(todo), cfg.batch_size):
         batch = todo[start:start + cfg.batch_size]
@@ -519,19 +581,44 @@ def invert(cfg):
         raise ValueError(f"input={cfg.input}: no image could be inverted: {'; '.join(failed)}")
     shown = write_grid(outputs, paths, keys, runner.size, cfg.grid_max, cfg.align) if cfg.grid_max else 0
     rows = list(outputs.rows.values())
+    notes = inputs.notes + ([f"{outputs.csv}: {len(outputs.bad_rows)} bad rows ignored and dropped "
+                             f"({'; '.join(outputs.bad_rows)})"] if outputs.bad_rows else [])
     summary = {"inverted": inverted, "skipped": skipped, "unreadable": errors, "diverged": diverged,
                "images": len(rows), "mse": _mean(rows, "mse"), "psnr": _mean(rows, "psnr"), "ssim": _mean(rows, "ssim"),
-               "lpips": _mean(rows, "lpips"), "grid": shown, "output": str(outputs.root)}
+               "lpips": _mean(rows, "lpips"), "grid": shown, "output": str(outputs.root), "notes": notes,
+               "keys": dict(zip(map(str, paths), keys))}
     lpips = f"{summary['lpips']:.4f}" if metrics.lpips is not None else f"blank ({metrics.lpips_missing})"
     bad = f" ({'; '.join(errors)})" if errors else ""
     diverged_text = f"{len(diverged)} diverged ({', '.join(diverged)}), nothing written; " if diverged else ""
+    notes_text = f"; notes: {'; '.join(notes)}" if notes else ""
     print(f"invert.py: {inverted} inverted, {skipped} already done, {len(errors)} unreadable{bad}; {diverged_text}"
           f"over {len(rows)} images mse {summary['mse']:.4f} psnr {summary['psnr']:.2f} "
-          f"ssim {summary['ssim']:.4f} lpips {lpips} -> {outputs.root}")
+          f"ssim {summary['ssim']:.4f} lpips {lpips} -> {outputs.root}{notes_text}")
     return summary
 
 
+def _output_os_error(e, output):
+    """An OSError that is a write fault under the output folder (the CSV logger, Lightning, Hydra's
+    log) as an OutputError naming the path, else None (it keeps its traceback)."""
+    if e.errno not in WRITE_ERRNOS or not isinstance(e.filename, str):
+        return None
+    root = os.path.realpath(str(output))
+    path = os.path.realpath(e.filename)
+    if path != root and not path.startswith(root + os.sep):
+        return None
+    return OutputError(describe_os_error(e.filename, e))
+
+
 def main(cfg):
-    """invert() for the command line: a bad setting or file is one line on stderr, exit 2."""
+    """invert() for the command line: a bad setting or file is one line on stderr, exit 2; so is a
+    fault writing the output folder (disk full, read-only, a path that is a file)."""
     with one_line_errors("invert.py"):
-        return invert(cfg)
+        try:
+            return invert(cfg)
+        except OutputError:
+            raise
+        except OSError as e:
+            error = _output_os_error(e, cfg.get("output") or ".")
+            if error is None:
+                raise
+            raise error from e

@@ -111,8 +111,15 @@ def test_a_bad_setting_is_one_line_and_exit_2(workdir):
      "encoder=nowhere.pt: no such file"),
     (["refine=ptii"], ValueError, "refine=ptii: expected pti"),
     (["device=tpu"], ValueError, "device=tpu: expected one of auto, cpu, cuda, gpu, mps"),
+    (["seed=abc"], ValueError, r"seed=abc: expected an integer in \[0, 2\^32\)"),
+    (["seed=-1"], ValueError, r"seed=-1: expected an integer in \[0, 2\^32\)"),
+    (["inversion.n_mean_latent=0"], ValueError, "inversion.n_mean_latent=0: expected an integer >= 1"),
+    (["inversion_method=idinvert", "inversion_encoder=g.pt", "idinvert.n_mean_latent=-5"], ValueError,
+     "idinvert.n_mean_latent=-5: expected an integer >= 1"),
 ])
-def test_bad_settings_name_the_field(tmp_path, overrides, error, message):
+def test_bad_settings_name_the_field(tmp_path, monkeypatch, overrides, error, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "g.pt").write_bytes(b"")  # an existing encoder= file: only the setting is wrong
     cfg = compose_config("invert", ["input=x", "output=y", *overrides], tmp_path)
     with pytest.raises(error, match=message.replace("+", r"\+")):
         inversion.check_config(cfg)

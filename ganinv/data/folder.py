@@ -1,10 +1,15 @@
-"""Image-folder datasets and Lightning data modules yielding ``{"x": input, "y": target}`` batches."""
+"""Image-folder datasets and Lightning data modules yielding ``{"x": input, "y": target}`` batches,
+and the folder walk and output-key rule they and invert.py share (:func:`walk_images`,
+:func:`image_keys`: linked folders followed once, keys unique and independent of listing order)."""
 
 from __future__ import annotations
 
 import os
+import warnings
+from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
+from typing import NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
@@ -16,20 +21,166 @@ from ganinv.data.images import IMAGE_EXTENSIONS, load_image
 from ganinv.data.procedural import SPLITS, ProceduralFaces
 
 
+def display_path(path: str | os.PathLike) -> str:
+    """A path as printable text: bytes that are not UTF-8 shown as ``\\xNN`` escapes, so a
+    report about an undecodable file name can itself be printed and written."""
+    return os.fsencode(path).decode("utf-8", errors="backslashreplace")
+
+
+def _name_problem(rel: str) -> str | None:
+    """Why a relative path cannot serve as an output key (None when it can)."""
+    try:
+        rel.encode("utf-8")
+    except UnicodeEncodeError:
+        return "file name is not valid UTF-8; rename the file"
+    if any(c < " " or c == "\x7f" for c in rel):
+        return "file name contains control characters (newline, tab, ...); rename the file"
+    return None
+
+
+class ImageWalk(NamedTuple):
+    """What :func:`walk_images` found: ``paths`` (sorted by relative path), ``problems`` (inputs
+    that cannot be used, one line each: undecodable names, broken links, unlistable folders) and
+    ``notes`` (folders left out on purpose: already-walked symlink targets, excluded folders)."""
+
+    paths: list
+    problems: list
+    notes: list
+
+
+def walk_images(root: str | os.PathLike, exclude=(), is_excluded=None, check_names=True) -> ImageWalk:
+    """Every image file under root, recursively, in a deterministic order (sorted by relative path).
+
+    Symbolic links: a linked file is used like a regular file; a broken link with an image
+    extension is reported as a problem. A linked folder is followed once: real folders are walked
+    first, then linked folders in sorted order, and a link whose target (same device and inode) was
+    already walked -- a cycle such as ``sub/loop -> ..``, or a second link to one folder -- is
+    reported in ``notes`` and not walked again, so no link is skipped silently and no walk loops.
+
+    ``exclude``: folders (any spelling; compared by real path) left out, e.g. invert.py's output
+    folder when it lies inside the input folder; ``is_excluded(folder)`` -> bool leaves out further
+    folders (below root, not root itself), e.g. earlier output folders. Both are reported in
+    ``notes``. With ``check_names``, file names that cannot be output keys (not UTF-8, control
+    characters) are reported in ``problems`` and the file is not used; a folder that cannot be
+    listed is always reported there.
+    """
+    root = Path(root)
+    skip = {os.path.realpath(p) for p in exclude}
+    paths, problems, notes = [], [], []
+    seen: dict = {}  # (st_dev, st_ino) of walked folders -> the path they were walked as
+    links: list = []  # symlinked folders, walked after every real folder
+
+    def walk(top: Path) -> None:
+        stack = [top]
+        while stack:
+            folder = stack.pop()
+            try:
+                st = folder.stat()
+                entries = sorted(os.scandir(folder), key=lambda e: e.name)
+            except OSError as e:
+                problems.append(f"{display_path(folder)}: cannot list this folder ({e.strerror or e}), skipped")
+                continue
+            ident = (st.st_dev, st.st_ino)
+            if ident in seen:
+                notes.append(f"{display_path(folder)}: the same folder as {display_path(seen[ident])}, "
+                             "walked once")
+                continue
+            seen[ident] = folder
+            subfolders = []
+            for entry in entries:
+                path = Path(entry.path)
+                try:
+                    is_link, is_dir = entry.is_symlink(), entry.is_dir()
+                except OSError:
+                    is_link, is_dir = False, False
+                if is_dir:
+                    if os.path.realpath(path) in skip:
+                        notes.append(f"{display_path(path)}: the output folder, not read as input")
+                    elif is_excluded is not None and is_excluded(path):
+                        notes.append(f"{display_path(path)}: an earlier ganinv output folder, not read as input")
+                    elif is_link:
+                        links.append(path)
+                    else:
+                        subfolders.append(path)
+                elif path.suffix.lower() in IMAGE_EXTENSIONS:
+                    if is_link and not path.exists():
+                        problems.append(f"{display_path(path)}: broken symbolic link "
+                                        f"(to {display_path(os.readlink(path))}), skipped")
+                    elif entry.is_file():
+                        paths.append(path)
+            stack.extend(reversed(subfolders))
+
+    walk(root)
+    while links:
+        links.sort(key=lambda p: p.relative_to(root).as_posix())
+        walk(links.pop(0))
+    paths.sort(key=lambda p: p.relative_to(root).as_posix())
+    usable = []
+    for path in paths:
+        why = _name_problem(path.relative_to(root).as_posix()) if check_names else None
+        if why:
+            problems.append(f"{display_path(path)}: {why}")
+        else:
+            usable.append(path)
+    return ImageWalk(usable, problems, notes)
+
+
 def list_images(root: str | os.PathLike) -> list[Path]:
-    """All image files under root, recursively, sorted by relative path; clear errors if there are none."""
+    """All image files under root, recursively, sorted by relative path (:func:`walk_images`: linked
+    folders followed once; any file name, since training needs no output keys); clear errors if
+    there are none. What the walk reports (broken links, unlistable folders, repeated link
+    targets) is issued as one warning per line."""
     root = Path(root)
     if not root.exists():
         raise FileNotFoundError(f"image directory not found: {root}")
     if not root.is_dir():
         raise NotADirectoryError(f"not a directory: {root}")
-    files = sorted(
-        (p for p in root.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()),
-        key=lambda p: p.relative_to(root).as_posix(),
-    )
-    if not files:
+    found = walk_images(root, check_names=False)
+    for line in found.problems + found.notes:
+        warnings.warn(line, stacklevel=2)
+    if not found.paths:
         raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) found under {root}")
-    return files
+    return found.paths
+
+
+def image_keys(rels: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Unique output keys for relative image paths (POSIX strings) -> (keys, renames).
+
+    The rule, which depends only on the set of paths (never on listing order):
+
+    1. A key is the relative path without its extension: ``sub/x.png`` -> ``sub/x``.
+    2. Paths that share that key get the whole relative path with every '.' made '_':
+       ``x.png`` -> ``x_png``, ``x.jpg`` -> ``x_jpg``.
+    3. Keys that still coincide -- compared case-insensitively (``str.casefold``), so outputs
+       do not overwrite each other on case-insensitive file systems either -- are given in this
+       order: paths whose key is their plain key from step 1 first, then by relative path; the
+       first keeps the key, each later one gets ``<key>~N`` with the smallest N >= 2 that no
+       other key uses. ``x.png``, ``x.jpg`` and ``x_png.png`` -> ``x_png~2``, ``x_jpg``,
+       ``x_png``.
+
+    ``renames`` lists every path whose key is not its plain key, as ``path -> key``.
+    """
+    rels = list(rels)
+    stems = [str(PurePosixPath(r).with_suffix("")) for r in rels]
+    shared = Counter(s.casefold() for s in stems)
+    candidates = [r.replace(".", "_") if shared[s.casefold()] > 1 else s for r, s in zip(rels, stems)]
+    taken = {c.casefold() for c in candidates}
+    groups: dict = {}
+    for i, c in enumerate(candidates):
+        groups.setdefault(c.casefold(), []).append(i)
+    keys = list(candidates)
+    for members in groups.values():
+        if len(members) < 2:
+            continue
+        members.sort(key=lambda i: (candidates[i] != stems[i], rels[i]))
+        for i in members[1:]:
+            n = 2
+            while f"{candidates[i]}~{n}".casefold() in taken:
+                n += 1
+            keys[i] = f"{candidates[i]}~{n}"
+            taken.add(keys[i].casefold())
+    renames = [f"{r} -> {k}" for r, s, k in zip(rels, stems, keys) if k != s]
+    return keys, renames
 
 
 class ImageFolder(Dataset):

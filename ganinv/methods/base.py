@@ -6,6 +6,8 @@ from pathlib import Path
 import torch
 import torchvision
 
+from ..checkpoints.safe import atomic_write
+
 
 def step_uncounted(optimizer):
     """Step a Lightning-wrapped optimizer without advancing ``trainer.global_step``.
@@ -70,10 +72,7 @@ def log_grid(module, name, rows, caption=None):
             extra = {"caption": [caption]} if caption else {}
             logger.log_image(key=name, images=[grid], step=step, **extra)
     out = Path(trainer.default_root_dir) / "images" / f"{name.replace('/', '_')}_{step:07d}.png"
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp.png")
-    torchvision.utils.save_image(grid, tmp)
-    tmp.replace(out)
+    atomic_write(out, lambda f: torchvision.utils.save_image(grid, f, format="png"))
 
 
 def rng_state():
