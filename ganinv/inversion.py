@@ -40,12 +40,12 @@ from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
+from .checkpoints.stylegan import save_generator
 from .data.folder import display_path, image_keys, walk_images
 from .data.images import IMAGE_EXTENSIONS, load_image, open_image, to_tensor
 from .editing.edits import Edit, edit_strip, parse_edit
 from .methods.base import image_grid
 from .methods.optimization import fit_to, w_statistics
-from .methods.pti import save_generator
 from .outputs import (
     COLUMNS,  # noqa: F401 -- still importable as ganinv.inversion.COLUMNS
     WRITE_ERRNOS,
@@ -445,7 +445,7 @@ class InversionRun:
                 rel = Path("generators") / f"{tag}.pt"
                 if main:
                     with writing(Path(self.cfg.output) / rel):
-                        save_generator(module.generator, Path(self.cfg.output) / rel)
+                        save_generator(Path(self.cfg.output) / rel, module.generator)
                 for i in group:
                     generators[i] = rel.as_posix()
         else:

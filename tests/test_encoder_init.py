@@ -18,7 +18,8 @@ def fill_rule(module_fn, seed):
     out = {}
     for i, (key, (shape, dtype)) in enumerate(shapes.items()):
         g = torch.Generator().manual_seed(seed + i)
-        out[key] = torch.zeros(shape, dtype=dtype) if not dtype.is_floating_point else torch.randn(shape, generator=g) * 0.1
+        floating = dtype.is_floating_point
+        out[key] = torch.randn(shape, generator=g) * 0.1 if floating else torch.zeros(shape, dtype=dtype)
     return out
 
 

@@ -11,6 +11,7 @@ import pytorch_lightning as pl
 import torch
 
 from ganinv.checkpoints import load_generator
+from ganinv.checkpoints.stylegan import save_generator
 from ganinv.distributed import step_seed
 from ganinv.losses import LPIPSLoss
 from ganinv.methods.optimization import (
@@ -19,7 +20,7 @@ from ganinv.methods.optimization import (
     projector_lr,
     w_statistics,
 )
-from ganinv.methods.pti import PTI, save_generator
+from ganinv.methods.pti import PTI
 from ganinv.nets.idinvert_encoder import IDInvertEncoder
 from ganinv.nets.stylegan2 import Generator, NoiseInjection
 
@@ -225,7 +226,7 @@ def test_pti_beats_its_pivot_and_saves_a_loadable_generator(g, stats, lpips, tmp
     assert (tuned_mse < 0.75 * pivot_mse).all(), (tuned_mse, pivot_mse)
     assert all(torch.equal(v, g.state_dict()[k]) for k, v in before.items())  # the original is untouched
     assert all(torch.equal(a, b) for a, b in zip(module.generator.style.parameters(), g.style.parameters()))
-    path = save_generator(module.generator, tmp_path / "tuned.pt")
+    path = save_generator(tmp_path / "tuned.pt", module.generator)
     loaded = load_generator(path)
     with torch.no_grad():
         assert torch.allclose(loaded.synthesis(pivots), module.result["images"], atol=1e-5)

@@ -150,7 +150,6 @@ class Observe(pl.Callback):
 def build(v, cls, encoder_cls, tmp_path, **kwargs):
     """(module, encoder_init state) with ganinv's irse50 init applied to a pre-load encoder and
     checked against the manifest's init_check; then the encoder holds ``encoder_init``."""
-    sd = v.m["state_dicts"]
     opts = v.m["config"]["opts"]
     g_path, irse50_path = tmp_path / "stylegan2.pt", tmp_path / "model_ir_se50.pth"
     torch.save({"g_ema": v.fill("decoder"), "latent_avg": v.fill("latent_avg")["latent_avg"]}, g_path)

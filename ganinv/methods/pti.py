@@ -13,19 +13,8 @@ import copy
 
 import torch
 
-from ..checkpoints.safe import save_atomic
 from .base import frozen_copy, log_grid
 from .optimization import TargetsModule, fit_to
-
-
-def save_generator(generator, path):
-    """Write ``generator`` as a rosinality-layout checkpoint (``g_ema``, ``latent_avg``,
-    ``arch.lr_mlp``) that :func:`ganinv.checkpoints.load_generator` reads. Atomic."""
-    out = {"g_ema": {k: v.detach().cpu() for k, v in generator.state_dict().items()},
-           "arch": {"lr_mlp": generator.style[1].lr_mul}}
-    if generator.latent_avg is not None:
-        out["latent_avg"] = generator.latent_avg.detach().cpu().clone()
-    return save_atomic(out, path)
 
 
 class PTI(TargetsModule):

@@ -57,7 +57,8 @@ def init_encoder(encoder, init="none", weights_path=None, label_nc=0):
         misfit = [k for k, v in state.items() if k in own and k != "input_layer.0.weight" and v.shape != own[k].shape]
         misfit += [k for k in own if k.startswith("body.") and k not in state]
         if misfit:
-            raise ValueError(f"encoder.init=irse50 needs the official 50-layer ir_se trunk, but {type(encoder).__name__}'s "
+            name = type(encoder).__name__
+            raise ValueError(f"encoder.init=irse50 needs the official 50-layer ir_se trunk, but {name}'s "
                              f"{misfit[0]!r} does not fit {weights_path}: use encoder.init=none for other trunks")
         return load_irse50_into_encoder(encoder, state, input_is_label=label_nc != 0)
     if init == "resnet34_imagenet":
