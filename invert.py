@@ -3,11 +3,15 @@
     python invert.py input=photos/ output=out/                          # projector, embedded generator
     python invert.py input=photos/ output=out/ method=e4e.pt refine=pti
     python invert.py input=photos/ output=out/ inversion=image2stylegan trainer=ddp trainer.devices=4
+
+A bad config (unknown key or group option, wrong type) is one line on stderr and exit status 2
+(ganinv.cli); in a multirun (-m) a failing job is reported and the others still run.
 """
 import sys
 
 import hydra
 
+from ganinv import cli
 from ganinv.config import register_resolvers
 
 register_resolvers()
@@ -21,8 +25,8 @@ sys.argv = [f"inversion_{a}" if a.split("=", 1)[0] in ("method", "encoder") else
 def main(cfg):
     from ganinv.inversion import main as invert
 
-    return invert(cfg)
+    return cli.job("invert.py", invert, cfg)  # top-level settings: ganinv.inversion.check_config
 
 
 if __name__ == "__main__":
-    main()
+    cli.main("invert.py", main)

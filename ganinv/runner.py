@@ -1,5 +1,6 @@
 """The body of train.py: instantiate what the config names, fit, test, export."""
-import contextlib
+import csv
+import io
 import itertools
 import os
 import re
@@ -10,22 +11,25 @@ from pathlib import Path
 
 import pytorch_lightning as pl
 import torch
-from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import MissingMandatoryValue
+from pytorch_lightning.loggers import CSVLogger
+from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.plugins import TorchCheckpointIO
 from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
-from .checkpoints.safe import load_torch, save_atomic
+from .checkpoints.safe import atomic_write, load_torch, save_atomic
+
+# one_line_errors and user_error moved to cli.py; ganinv.inversion, experiments/sweep and the tests import them here
+from .cli import USER_ERRORS, one_line_errors, user_error, writing  # noqa: F401
 from .config import available_methods
 from .distributed import SyncBatchNormPlugin
-from .methods.guards import NonFiniteLossError
 
 WANDB_RUN_ID = "wandb_run_id.txt"
-# Bad input the user can fix: reported as one line naming the file or field, not as a traceback.
-USER_ERRORS = (FileNotFoundError, NotADirectoryError, ValueError, ImportError, MissingMandatoryValue,
-               NonFiniteLossError)
+# File names of the step checkpoints conf/callbacks/default.yaml writes ("step_0000250.ckpt"), and of
+# Lightning's default ("epoch=0-step=250.ckpt"): the step they hold, without loading them.
+STEP_IN_NAME = re.compile(r"step[=_](\d+)")
 
 
 def require_method(cfg: DictConfig):
@@ -35,16 +39,96 @@ def require_method(cfg: DictConfig):
         sys.exit(2)
 
 
+def check_accelerator(trainer_cfg):
+    """Raise ValueError when ``trainer.accelerator`` asks for a CUDA GPU (``gpu``/``cuda``; also
+    trainer=gpu and trainer=ddp) on a machine where torch sees none: Lightning would only say "No
+    supported gpu backend found!", after the data and nets are built. (invert.py checks its
+    ``device=`` itself, ganinv.inversion.check_device.)"""
+    accelerator = str(trainer_cfg.get("accelerator"))
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
+        raise ValueError(f"trainer.accelerator={accelerator}: no CUDA GPU is available on this machine "
+                         "(torch.cuda.is_available() is false); train on the CPU with trainer=cpu")
+
+
+def _what_it_is(checkpoint):
+    """What a torch file that is not a Lightning checkpoint holds, for the one-line refusal."""
+    keys = sorted(map(str, checkpoint)) if isinstance(checkpoint, dict) else []
+    if "g_ema" in keys:
+        return "a StyleGAN2 generator checkpoint (use it with generator=checkpoint generator.path=...)"
+    if "state_dict" in keys and "opts" in keys:
+        return "an exported pSp/e4e model (export/<method>.pt: invert.py method=... reads it)"
+    if keys:
+        return f"a torch file holding {keys[:6]}"
+    return f"a torch file holding a {type(checkpoint).__name__}"
+
+
+def load_training_checkpoint(path):
+    """The Lightning checkpoint at ``path`` (read with SafeCheckpointIO's loader), else a one-line
+    error naming the file: a directory, a missing/corrupt file, or a torch file that is something
+    else (a generator, an export), which Lightning would fail on with a KeyError traceback."""
+    path = Path(path)
+    if path.is_dir():
+        raise IsADirectoryError(f"resume: {path} is a directory; give a Lightning .ckpt file "
+                                "(e.g. RUN/checkpoints/last.ckpt) or resume=auto with hydra.run.dir=RUN")
+    if not path.is_file():
+        raise FileNotFoundError(f"resume: checkpoint not found: {path}")
+    checkpoint = load_torch(path, "resume checkpoint")
+    if not (isinstance(checkpoint, dict) and "state_dict" in checkpoint and "global_step" in checkpoint
+            and "pytorch-lightning_version" in checkpoint):
+        raise ValueError(f"resume: {path} is {_what_it_is(checkpoint)}, not a Lightning training checkpoint "
+                         "(checkpoints/*.ckpt of a train.py run)")
+    return checkpoint
+
+
+def find_last_checkpoint(checkpoint_dir):
+    """``(path, checkpoint)`` of the readable Lightning checkpoint with the highest global step in
+    ``checkpoint_dir`` (``last.ckpt`` on a tie), or ``(None, None)`` when it holds no ``*.ckpt``.
+
+    Every visible ``*.ckpt`` counts, not only ``last.ckpt``: a run stopped by a full disk or a kill
+    while writing ``last.ckpt`` has none (or an older one) although ``step_*.ckpt`` files are intact.
+    Step files are ranked by the step in their name and loaded only until one reads; unreadable files
+    are skipped and listed. Raises ValueError when checkpoints exist but none is readable."""
+    folder = Path(checkpoint_dir)
+    paths = sorted(folder.glob("*.ckpt")) if folder.is_dir() else []
+    loaded, candidates, skipped = {}, [], []
+    for path in paths:
+        found = STEP_IN_NAME.search(path.stem)
+        if found:
+            candidates.append((int(found.group(1)), path.name == "last.ckpt", path))
+            continue
+        try:  # no step in the name (last.ckpt): read it to know its step
+            loaded[path] = load_training_checkpoint(path)
+        except ValueError as e:
+            skipped.append(f"{path.name} ({e})")
+            continue
+        candidates.append((int(loaded[path]["global_step"]), path.name == "last.ckpt", path))
+    for _, _, path in sorted(candidates, reverse=True):
+        try:
+            checkpoint = loaded.pop(path, None) or load_training_checkpoint(path)
+        except ValueError as e:
+            skipped.append(f"{path.name} ({e})")
+            continue
+        note = f"; skipped unreadable {', '.join(skipped)}" if skipped else ""
+        if rank_zero_only.rank == 0:
+            print(f"resume=auto: resuming from {path} (step {checkpoint['global_step']}){note}")
+        return path, checkpoint
+    if skipped:
+        raise ValueError(f"resume=auto: no readable checkpoint in {folder}: {'; '.join(skipped)}")
+    if rank_zero_only.rank == 0:
+        print(f"resume=auto: no checkpoint in {folder}, starting at step 0")
+    return None, None
+
+
 def resolve_resume(resume, checkpoint_dir):
-    """null -> None; 'auto' -> last.ckpt of this run if it exists; else an existing path."""
+    """``(path, checkpoint)`` to resume from, ``(None, None)`` for a fresh start: null -> fresh;
+    'auto' -> :func:`find_last_checkpoint` of this run's checkpoint dir; else a Lightning checkpoint
+    file (:func:`load_training_checkpoint`). The checkpoint is returned loaded, so that
+    :class:`SafeCheckpointIO` hands it to Lightning without reading the file twice."""
     if resume in (None, "", "none"):
-        return None
+        return None, None
     if resume == "auto":
-        last = Path(checkpoint_dir) / "last.ckpt"
-        return str(last) if last.exists() else None
-    if not Path(resume).is_file():
-        raise FileNotFoundError(f"resume: checkpoint not found: {resume}")
-    return str(resume)
+        return find_last_checkpoint(checkpoint_dir)
+    return Path(resume), load_training_checkpoint(resume)
 
 
 def write_text_atomic(path, text):
@@ -122,74 +206,94 @@ def compile_nets(model):
 
 class SafeCheckpointIO(TorchCheckpointIO):
     """Lightning checkpoints written with :func:`save_atomic` (temporary file in the same folder,
-    fsync, rename: a killed run never leaves a truncated ``.ckpt``) and read back with
-    :func:`load_torch` (``weights_only`` with ganinv's allow-list; CPU, one-line errors)."""
+    fsync, rename: a killed run or a full disk never leaves a truncated ``.ckpt``; a refused write is
+    an OSError naming the checkpoint) and read back with :func:`load_torch` (``weights_only`` with
+    ganinv's allow-list; CPU, one-line errors). ``preloaded`` is ``(path, checkpoint)`` already read
+    by :func:`resolve_resume`, handed to Lightning instead of reading the file again."""
+
+    def __init__(self, preloaded=(None, None)):
+        super().__init__()
+        self.preloaded = preloaded
 
     def save_checkpoint(self, checkpoint, path, storage_options=None):
         if storage_options is not None:
             raise TypeError(f"SafeCheckpointIO takes no storage_options, got {storage_options!r}")
-        save_atomic(checkpoint, path)
+        with writing(path):
+            save_atomic(checkpoint, path)
 
     def load_checkpoint(self, path, map_location=None, weights_only=None):
+        known, checkpoint = self.preloaded
+        if known is not None and Path(path) == Path(known):
+            self.preloaded = (None, None)
+            return checkpoint
         return load_torch(path, "resume checkpoint")
+
+
+class AtomicCSVWriter(ExperimentWriter):
+    """Lightning's CSV experiment writer, but ``metrics.csv`` is rewritten whole through
+    :func:`atomic_write` at each save instead of appended to: a full disk or a read-only folder
+    leaves the previous file intact (never a torn row) and the OSError names ``metrics.csv``."""
+
+    def save(self):
+        if not self.metrics:
+            return
+        rows = []
+        if os.path.isfile(self.metrics_file_path):
+            with open(self.metrics_file_path, newline="") as f:
+                reader = csv.DictReader(f)
+                rows = list(reader)
+                self.metrics_keys.extend(k for k in reader.fieldnames or [] if k not in self.metrics_keys)
+        self._record_new_keys()  # also sorts metrics_keys
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=self.metrics_keys)
+        writer.writeheader()
+        writer.writerows(rows + self.metrics)
+        with writing(self.metrics_file_path):
+            atomic_write(self.metrics_file_path, lambda f: f.write(text.getvalue().encode()))
+        self.metrics = []
+
+
+class AtomicCSVLogger(CSVLogger):
+    """``pytorch_lightning.loggers.CSVLogger`` writing through :class:`AtomicCSVWriter`."""
+
+    @property
+    @rank_zero_experiment
+    def experiment(self):
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = AtomicCSVWriter(log_dir=self.log_dir)
+        return self._experiment
 
 
 def train(cfg: DictConfig):
     require_method(cfg)
-    ckpt_path = resolve_resume(cfg.get("resume"), cfg.paths.checkpoint_dir)
+    check_accelerator(cfg.trainer)
+    ckpt_path, checkpoint = resolve_resume(cfg.get("resume"), cfg.paths.checkpoint_dir)
     pl.seed_everything(cfg.seed, workers=True)
     datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.method.module)
+    # plain dicts/lists, not DictConfig: the module's hparams go into every Lightning checkpoint, whose
+    # safe loader (resume) accepts only tensors and plain containers
+    model = instantiate(cfg.method.module, _convert_="all")
     if cfg.get("channels_last"):
         to_channels_last(model)
     if cfg.get("compile"):
         compile_nets(model)
     callbacks = build_callbacks(cfg)  # before the loggers write anything
-    plugins = [SafeCheckpointIO()]
+    plugins = [SafeCheckpointIO(preloaded=(ckpt_path, checkpoint))]
+    del checkpoint  # Lightning takes it from the plugin and frees it after restoring
     if cfg.trainer.get("sync_batchnorm"):  # BatchNorm over the global batch, also on CPU / gloo
         plugins.append(SyncBatchNormPlugin())
     trainer = instantiate(cfg.trainer, logger=build_loggers(cfg, resuming=ckpt_path is not None) or False,
                           callbacks=callbacks, plugins=plugins)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=ckpt_path)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=None if ckpt_path is None else str(ckpt_path))
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule)
     if cfg.get("export") and trainer.is_global_zero and hasattr(model, "export"):
         out = Path(cfg.paths.output_dir) / "export" / f"{cfg.method.name}.pt"
-        model.export(out)
+        with writing(out):
+            model.export(out)
         print(f"exported {cfg.method.name} to {out}")
     return trainer
-
-
-def user_error(exc):
-    """The one-line message of an expected bad-input error (one of USER_ERRORS, also when wrapped by
-    Hydra's ``instantiate``, whose config key then leads the message), else None."""
-    key = None
-    while isinstance(exc, InstantiationException) and exc.__cause__ is not None:
-        text = str(exc)
-        found = re.search(r"^full_key: (\S+)", text, re.M)
-        key = found.group(1) if found else key
-        if text.startswith("Error locating target") and isinstance(exc.__cause__, ImportError):
-            text = text.split(",")[0]  # "Error locating target 'module.Name'"; the rest says HYDRA_FULL_ERROR
-            return f"{key}: {text}" if key else text
-        exc = exc.__cause__
-    if not isinstance(exc, USER_ERRORS):
-        return None
-    text = next((ln.strip() for ln in str(exc).splitlines() if ln.strip()), type(exc).__name__)
-    return f"{key}: {text}" if key else text
-
-
-@contextlib.contextmanager
-def one_line_errors(prog):
-    """Report expected bad-input errors (:func:`user_error`) as ``<prog>: <message>`` on stderr with
-    exit status 2; anything else keeps its traceback, as does everything with HYDRA_FULL_ERROR=1."""
-    try:
-        yield
-    except Exception as e:
-        message = user_error(e)
-        if message is None or os.environ.get("HYDRA_FULL_ERROR") == "1":
-            raise
-        print(f"{prog}: {message}", file=sys.stderr)
-        sys.exit(2)
 
 
 def main(cfg: DictConfig):
