@@ -9,6 +9,7 @@ exist. Legitimate files must still load exactly as ``torch.load`` reads them.
 import argparse
 import ast
 import collections
+import errno
 import io
 import json
 import os
@@ -448,3 +449,21 @@ def test_no_unpickling_outside_the_allow_list_module():
             if name in ("np.load", "numpy.load") and "allow_pickle" in ast.unparse(node):
                 found.append(f"{rel}: {ast.unparse(node)}")
     assert found == ["ganinv/checkpoints/allowlist.py: class(pickle._Unpickler)"]
+
+
+# -- writers ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS, errno.EACCES])
+def test_atomic_write_fault_names_the_file_and_leaves_nothing(tmp_path, monkeypatch, code):
+    """A full disk / read-only folder while renaming into place (injected: os.replace raises, since
+    the tests run as root): the error names the target, not the hidden temporary; no file remains."""
+    from ganinv.checkpoints.safe import atomic_write
+
+    def refuse(src, dst):
+        raise OSError(code, os.strerror(code), src)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(OSError) as err:
+        atomic_write(tmp_path / "out" / "g.pt", lambda f: f.write(b"data"))
+    assert err.value.errno == code and err.value.filename == str(tmp_path / "out" / "g.pt")
+    assert list((tmp_path / "out").iterdir()) == []

@@ -7,6 +7,7 @@ Nothing here calls ``torch.load`` or ``pickle.load``: a checkpoint is data, and 
 for any other global is refused before that global is imported or called. Errors are one line and
 name the file.
 """
+import contextlib
 import os
 import uuid
 from pathlib import Path
@@ -77,18 +78,22 @@ def load_storage_bytes(data, name):
 def atomic_write(path, write):
     """Call ``write(f)`` on a temporary file in ``path``'s directory, fsync, then rename it over
     ``path``: readers never see a half-written file and a crash leaves no partial one. The file gets
-    the permissions a plain ``open()`` would give (umask), not mkstemp's 0600. Returns the Path."""
+    the permissions a plain ``open()`` would give (umask), not mkstemp's 0600. An OSError (disk full,
+    read-only) is raised naming ``path`` itself. Returns the Path."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
         with os.fdopen(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666), "wb") as f:
             write(f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
+    except BaseException as e:
+        with contextlib.suppress(OSError):  # a folder that refused the write may refuse this too
+            tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError) and e.errno is not None:  # ENOSPC, EROFS, ...: name the file, not the .tmp
+            raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
         raise
     return path
 
