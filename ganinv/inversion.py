@@ -6,6 +6,14 @@ when the method optimised them and no PTI followed), ``generators/<key>.pt`` (re
 tuned generator, rosinality layout), ``aligned/<key>.png`` (align=true). For the run:
 ``metrics.csv`` (one row per image), ``grid.png`` (input | reconstruction) and a summary line.
 
+Image-to-image pSp checkpoints (sketch, segmentation, super-resolution; official or ganinv
+exports) read their inputs as the official ``configs/transforms_config.py`` ``transform_inference``
+of their ``dataset_type`` does (:class:`InputTransform`). ``latent_mask`` adds
+``multimodal/<key>.png`` / ``.pt`` (``n_outputs`` style-mixed outputs, :meth:`InversionRun.multimodal`,
+as ``scripts/style_mixing.py``); ``couple_outputs`` adds ``couples/<key>.png`` (input | output, as
+``scripts/inference.py --couple_outputs``); ``resize_outputs`` writes every output at 256 px as
+the official scripts do.
+
 ``<key>`` is the image's path relative to the input folder without its extension, made unique by
 :func:`ganinv.data.folder.image_keys` (``x.png``, ``x.jpg``, ``x_png.png`` -> ``x_png~2``,
 ``x_jpg``, ``x_png``; the same keys every run, whatever the listing order; renamed keys are
@@ -30,22 +38,27 @@ import os
 import sys
 import time
 import warnings
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 from PIL import Image
 from torch import nn
 
 from .checkpoints.stylegan import save_generator
-from .data.folder import display_path, image_keys, walk_images
-from .data.images import IMAGE_EXTENSIONS, load_image, open_image, to_tensor
+from .data.folder import display_path, image_keys, load_label_map, resize_crop_nearest, walk_images
+from .data.images import IMAGE_EXTENSIONS, load_image, open_image, resize_crop, to_tensor
+from .data.tasks import OneHotLabels, SuperResolution
 from .editing.edits import Edit, edit_strip, parse_edit
 from .methods.base import image_grid
+from .methods.encoder import input_display
 from .methods.optimization import fit_to, w_statistics
+from .methods.psp import mix_styles
 from .outputs import (
     COLUMNS,  # noqa: F401 -- still importable as ganinv.inversion.COLUMNS
     WRITE_ERRNOS,
@@ -59,6 +72,7 @@ from .outputs import (
 from .runner import one_line_errors
 
 METHODS = ("optimize", "idinvert")
+OFFICIAL_OUTPUT_SIZE = 256  # pSp scripts/inference.py and style_mixing.py save result.resize((256, 256))
 DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
 ALIGN_HINT = "align=true needs the optional face-alignment extra: pip install 'ganinv[align]'"
 
@@ -275,6 +289,21 @@ def check_config(cfg):
         _positive_int(cfg[preset_key], "n_mean_latent", prefix=f"{preset_key}.")
     if not isinstance(cfg.align, bool):
         raise ValueError(f"align={cfg.align}: expected true or false")
+    for key in ("resize_outputs", "couple_outputs"):
+        if not isinstance(cfg.get(key, False), bool):
+            raise ValueError(f"{key}={cfg.get(key)}: expected true or false")
+    if cfg.get("n_outputs") is not None:
+        _positive_int(cfg, "n_outputs")
+    alpha = cfg.get("mix_alpha")
+    if alpha is not None and (isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1):
+        raise ValueError(f"mix_alpha={alpha}: expected a number in [0, 1] (or leave it unset)")
+    if (cfg.get("n_outputs") or 1) > 1 and cfg.get("latent_mask") is None:
+        raise ValueError(f"n_outputs={cfg.n_outputs} needs latent_mask=ROWS, the W+ rows to mix (official "
+                         "style_mixing.py --latent_mask, e.g. latent_mask='8,9,10,11,12,13,14,15,16,17')")
+    if cfg.get("latent_mask") is not None:
+        parse_rows(cfg.latent_mask, "latent_mask")
+    if cfg.get("resize_factors") is not None:
+        parse_rows(cfg.resize_factors, "resize_factors", minimum=1)
     for spec in edit_specs(cfg):
         parse_edit(spec)
 
@@ -350,6 +379,122 @@ def check_generator_fits(generator, own, cfg, encoder_path):
                          "the encoder's own generator, or give an encoder trained for this one")
 
 
+def parse_rows(value, key, minimum=0, limit=None):
+    """latent_mask / resize_factors as the official comma string ("8,9,10"), a list or one integer
+    -> a list of integers (each >= minimum and < limit); a one-line error naming the key."""
+    items = str(value).split(",") if isinstance(value, str) else list(value) if hasattr(value, "__iter__") else [value]
+    try:
+        rows = [int(str(v).strip()) for v in items]
+    except ValueError:
+        raise ValueError(f"{key}={value}: expected integers, e.g. {key}='8,9,10'") from None
+    bad = [r for r in rows if r < minimum or (limit is not None and r >= limit)]
+    if not rows or bad:
+        span = f"[{minimum}, {limit})" if limit is not None else f">= {minimum}"
+        raise ValueError(f"{key}={value}: every entry must lie in {span}" + (f" (got {bad})" if bad else ""))
+    return rows
+
+
+class I2IInput(NamedTuple):
+    """One image-to-image input: ``x`` the encoder input [C, H, W], ``shown`` its picture [3, H, W]
+    in [-1, 1], ``target`` the RGB image to score against (super-resolution: the original) or None."""
+
+    x: torch.Tensor
+    shown: torch.Tensor
+    target: object
+
+
+class InputTransform:
+    """The official inference transform of an image-to-image pSp checkpoint (pSp
+    ``configs/transforms_config.py`` ``transform_inference``, its input read as
+    ``datasets/inference_dataset.py``: ``convert('L')`` when ``label_nc != 0``), chosen from the
+    checkpoint's ``label_nc`` / ``input_nc`` / ``dataset_type``:
+
+    - ``sketch`` (label_nc 1, ``SketchToImageTransforms``): 1 channel, ``Resize`` + ``ToTensor``,
+      so values in [0, 1], not normalised;
+    - ``labels`` (label_nc > 1, ``SegToImageTransforms``): integer class-index PNGs
+      (:func:`ganinv.data.folder.load_label_map`) -> one-hot ``label_nc`` channels
+      (``augmentations.ToOneHot``); resized with nearest neighbour (the official ``Resize`` is
+      bilinear on the label image, which blends class indices at borders);
+    - ``superres`` (``dataset_type`` ``celebs_super_resolution``, ``SuperResTransforms``): the RGB
+      image at the input size, downsampled by one factor (``augmentations.BilinearResize``: pSp's
+      bicubic filter) and upsampled back (``Resize``), in [-1, 1]
+      (:meth:`ganinv.data.tasks.SuperResolution.degrade`).
+
+    Images are centre-cropped to the input's aspect before resizing (invert.py's rule; the
+    official squashes them). ``kind`` is ``rgb`` for every other checkpoint (the usual RGB path).
+    """
+
+    def __init__(self, inverter, resize_factors, name):
+        opts, self.label_nc = inverter.opts, inverter.label_nc
+        self.size = tuple(inverter.input_size)
+        self.factor = None
+        if self.label_nc > 1:
+            self.kind = "labels"
+        elif self.label_nc == 1 or inverter.input_nc == 1:
+            self.kind = "sketch"
+        elif opts.get("dataset_type") == "celebs_super_resolution":
+            self.kind = "superres"
+            given = resize_factors if resize_factors is not None else opts.get("resize_factors")
+            factors = parse_rows(given, "resize_factors", minimum=1) if given is not None else []
+            if len(factors) != 1:
+                shown = "" if given is None else given
+                raise ValueError(f"resize_factors={shown}: {name} is a celebs_super_resolution checkpoint;"
+                                 " choose one downsampling factor, e.g. resize_factors=4 (the official "
+                                 "inference takes a single factor)")
+            self.factor = factors[0]
+        else:
+            self.kind = "rgb"
+        if self.kind != "rgb" and inverter.input_nc != (self.label_nc if self.kind == "labels" else
+                                                        1 if self.kind == "sketch" else 3):
+            raise ValueError(f"{name}: opts label_nc={self.label_nc} but the encoder takes {inverter.input_nc} "
+                             "input channels")
+
+    def load(self, path):
+        """An input file -> :class:`I2IInput` (a one-line ValueError naming the file when unusable)."""
+        if self.kind == "labels":
+            labels = load_label_map(path)
+            if labels.numel() and int(labels.max()) >= self.label_nc:
+                raise ValueError(f"{display_path(path)}: label {int(labels.max())} is not a class index below "
+                                 f"label_nc={self.label_nc}; give integer label-map PNGs (class per pixel)")
+            labels = resize_crop_nearest(labels[None, None].float(), self.size)[0, 0].long()
+            x = OneHotLabels(self.label_nc)(labels)
+            return I2IInput(x, input_display(x[None], self.label_nc)[0], None)
+        if self.kind == "sketch":
+            with warnings.catch_warnings():  # a greyscale file is what a sketch folder holds
+                warnings.filterwarnings("ignore", message=r".*converted greyscale")
+                gray = open_image(path).convert("L")  # official: Image.open(path).convert('L')
+            x = resize_crop(torch.from_numpy(np.array(gray, dtype=np.float32))[None] / 255, self.size).clamp(0, 1)
+            return I2IInput(x, (x * 2 - 1).expand(3, -1, -1), None)
+        y = load_image(path, self.size)
+        x = SuperResolution((self.factor,)).degrade(y[None], self.factor)[0]
+        return I2IInput(x, x, y)
+
+
+def resize_output(img, size=OFFICIAL_OUTPUT_SIZE):
+    """Outputs [B, 3, S, S] at ``size`` px, as the official scripts save them: larger images average-
+    pooled (pSp's ``face_pool``), smaller ones upsampled bilinearly (PIL ``resize`` of ``tensor2im``)."""
+    if img.shape[-1] == size:
+        return img
+    if img.shape[-1] > size:
+        return F.adaptive_avg_pool2d(img, (size, size))
+    return F.interpolate(img, size=(size, size), mode="bilinear", align_corners=False).clamp(-1, 1)
+
+
+def panel(img, like, nearest=False):
+    """An input picture [3, h, w] resized to the size of ``like`` [3, H, W], for side-by-side files."""
+    if tuple(img.shape[-2:]) == tuple(like.shape[-2:]):
+        return img
+    mode = dict(mode="nearest") if nearest else dict(mode="bilinear", align_corners=False, antialias=True)
+    return F.interpolate(img[None], size=tuple(like.shape[-2:]), **mode)[0].clamp(-1, 1)
+
+
+def key_generator(seed, key):
+    """The random-number generator of one image's style-mixing draws: seeded by (run seed, output
+    key), so an image's multimodal outputs do not depend on the batch or the listing order."""
+    state = np.random.SeedSequence([seed, zlib.crc32(key.encode("utf-8"))]).generate_state(2, np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
 # -- the run ----------------------------------------------------------------------------------
 class InversionRun:
     """Builds the networks once, then inverts batches of (key, image) pairs.
@@ -383,6 +528,20 @@ class InversionRun:
         else:
             self.generator, self.encoder = instantiate(cfg.generator), None
         self.generator.requires_grad_(False).eval()
+        self.transform = None
+        if self.inverter is not None:
+            transform = InputTransform(self.inverter, cfg.get("resize_factors"), encoder_path)
+            if transform.kind != "rgb":
+                if self.method != "encoder" or cfg.get("refine") is not None or cfg.align:
+                    raise ValueError(f"{encoder_path}: an image-to-image checkpoint ({transform.kind} inputs) runs as "
+                                     "method=PATH only, without refine=, align= or method=optimize/idinvert (they fit "
+                                     "RGB targets)")
+                self.transform = transform
+        self.latent_mask, self.n_outputs = None, int(cfg.get("n_outputs") or 1)
+        if cfg.get("latent_mask") is not None:
+            if self.method != "encoder":
+                raise ValueError("latent_mask= mixes an encoder's codes (pSp style mixing): it needs method=PATH")
+            self.latent_mask = parse_rows(cfg.latent_mask, "latent_mask", limit=self.generator.n_latent)
         self.size, full = cfg.resize or self.generator.size, self.generator.size
         if self.size > full or full % self.size:
             raise ValueError(f"resize={self.size}: must divide the generator resolution {full}")
@@ -410,6 +569,29 @@ class InversionRun:
             images = edit_strip(generator, ws.to(self.device), edit).float().cpu()  # [k, S, 3, R, R]
             for row, i in enumerate(index):
                 strips[tag][i] = images[row]
+
+    @torch.no_grad()
+    def multimodal(self, ws, keys):
+        """pSp's style mixing (``scripts/style_mixing.py``, ``models/psp.py`` ``forward`` with
+        ``latent_mask`` / ``inject_latent`` / ``alpha``): per image, ``n_outputs`` draws z ~ N(0, I)
+        (seeded by (seed, key), :func:`key_generator`), each mapped to a w and broadcast
+        (``net(z, input_code=True, return_latents=True)``); the ``latent_mask`` rows of the image's
+        codes become that w (or ``mix_alpha``·w + (1 − mix_alpha)·code) and are decoded. Noise is the
+        generator's constant noise (the official style_mixing.py randomises it).
+        ws [n, n_latent, D] -> [(images [K, 3, R, R], codes [K, n_latent, D])] per image."""
+        g, out = self.generator.to(self.device), []
+        for w, key in zip(ws, keys):
+            z = torch.randn(self.n_outputs, g.style_dim, generator=key_generator(self.cfg.seed, key))
+            inject = g.broadcast(g.mapping(z.to(self.device)))
+            codes = mix_styles(w[None].to(self.device).expand(self.n_outputs, -1, -1), inject, self.latent_mask,
+                               self.cfg.get("mix_alpha"))
+            out.append((g.synthesis(codes, noise_mode="const").float().cpu(), codes.float().cpu()))
+        return out
+
+    def extra_files(self):
+        """(kind, suffix) of the files beyond the reconstruction that every image gets."""
+        extra = [("multimodal", ".png"), ("multimodal", ".pt"), ("multimodal", ".npy")] if self.latent_mask else []
+        return extra + ([("couples", ".png")] if self.cfg.get("couple_outputs") else [])
 
     def invert(self, x, keys, name):
         """x [n, 3, S, S] -> (is_global_zero, latents [n, n_latent, D], images [n, 3, R, R],
@@ -453,8 +635,10 @@ class InversionRun:
         return main, ws, images, noises, generators, strips
 
 
-def load_inputs(paths, size, align):
-    """Load each file (FFHQ-aligned with ``align``) -> (list of [3, size, size] or None, errors).
+def load_inputs(paths, size, align, transform=None):
+    """Load each file (FFHQ-aligned with ``align``; through an image-to-image checkpoint's
+    :class:`InputTransform` when given, then each entry is an :class:`I2IInput`) -> (list of
+    [3, size, size] or None, errors).
     Any failure of one file (decode, alignment, an unexpected exception from an image plugin) is
     that file's: it becomes one error line naming the file and the other files still load.
     Conversion warnings (RGBA, greyscale, 16-bit, ...) are printed as one line each on stderr."""
@@ -463,7 +647,10 @@ def load_inputs(paths, size, align):
         try:
             with warnings.catch_warnings(record=True) as caught:
                 warnings.simplefilter("always")
-                images.append(align_face(path, size) if align else load_image(path, size))
+                if transform is not None:
+                    images.append(transform.load(path))
+                else:
+                    images.append(align_face(path, size) if align else load_image(path, size))
             for w in caught:
                 print(f"warning: {w.message}", file=sys.stderr)
         except ImportError:
@@ -478,7 +665,8 @@ def load_inputs(paths, size, align):
     return images, errors
 
 
-def write_grid(outputs, paths, keys, size, limit, align):
+def write_grid(outputs, paths, keys, size, limit, align, transform=None):
+    size = tuple(size) if not isinstance(size, int) else (size, size)
     rows = []
     for path, key in zip(paths, keys):
         if len(rows) >= limit:
@@ -487,11 +675,11 @@ def write_grid(outputs, paths, keys, size, limit, align):
             continue
         source = outputs.path("aligned", key, ".png") if align else path
         try:
-            target = load_image(source, size)
+            target = transform.load(source).shown if transform is not None else load_image(source, size)
             recon = load_image(outputs.path("reconstructions", key, ".png"))
         except (ValueError, OSError):  # changed or removed since it was inverted
             continue
-        rows.append((target, fit_to(recon[None], (size, size))[0]))
+        rows.append((target, fit_to(recon[None], size)[0]))
     if rows:
         grid = image_grid([torch.stack([r[0] for r in rows]), torch.stack([r[1] for r in rows])])
         outputs.write_grid(grid * 2 - 1)
@@ -534,20 +722,26 @@ def _invert(cfg, inputs, rank_zero):
     outputs = Outputs(cfg.output)
     refine = cfg.get("refine") == "pti"
     runner = InversionRun(cfg)
-    todo = [(p, k) for p, k in zip(paths, keys) if not outputs.done(k, refine, runner.edits)]
+    todo = [(p, k) for p, k in zip(paths, keys) if not outputs.done(k, refine, runner.edits, runner.extra_files())]
     skipped = len(paths) - len(todo)
     metrics = ImageMetrics(cfg.metrics.lpips_net, runner.device)
     errors, diverged, inverted = list(inputs.problems), [], 0
     bar = tqdm(total=len(todo), unit="img", disable=None if rank_zero else True, file=sys.stderr)
     for start in range(0, len(todo), cfg.batch_size):
         batch = todo[start:start + cfg.batch_size]
-        images, bad = load_inputs([p for p, _ in batch], runner.size, cfg.align)
+        images, bad = load_inputs([p for p, _ in batch], runner.size, cfg.align, runner.transform)
         errors += bad
         good = [(k, img) for (_, k), img in zip(batch, images) if img is not None]
         bar.update(len(batch) - len(good))
         if not good:
             continue
-        x = torch.stack([img for _, img in good])
+        if runner.transform is not None:  # image-to-image: encoder inputs, their pictures, RGB targets
+            x = torch.stack([img.x for _, img in good])
+            pictures = torch.stack([img.shown for _, img in good])
+            targets = [img.target for _, img in good]
+            targets = torch.stack(targets) if targets[0] is not None else None
+        else:
+            x = pictures = targets = torch.stack([img for _, img in good])
         batch_keys = [k for k, _ in good]
         t0 = time.perf_counter()
         name = f"batch_{start // cfg.batch_size:05d}"
@@ -556,14 +750,28 @@ def _invert(cfg, inputs, rank_zero):
         bar.update(len(good))
         if not main:
             continue
-        scores = metrics(recon, x)
+        blank = dict.fromkeys(("mse", "psnr", "ssim", "lpips"), "")
+        scores = metrics(recon, targets) if targets is not None else [blank] * len(batch_keys)
+        mixed = runner.multimodal(ws, batch_keys) if runner.latent_mask else None
+        sized = resize_output if cfg.get("resize_outputs") else (lambda img: img)
         rows = []
         for i, key in enumerate(batch_keys):
             if not (torch.isfinite(ws[i]).all() and torch.isfinite(recon[i]).all()):
                 diverged.append(key)
                 continue
-            outputs.write_image(key, recon[i], ws[i], None if noises is None else noises[i],
+            out = sized(recon[i:i + 1])[0]
+            outputs.write_image(key, out, ws[i], None if noises is None else noises[i],
                                 x[i] if cfg.align else None)
+            nearest = runner.transform is not None and runner.transform.kind == "labels"
+            if mixed is not None:
+                images_k = sized(mixed[i][0])
+                outputs.write_multimodal(key, panel(pictures[i], images_k[0], nearest), images_k, mixed[i][1])
+            if cfg.get("couple_outputs"):
+                panels = [panel(pictures[i], out, nearest), out]
+                if runner.transform is not None and runner.transform.kind == "superres":
+                    # official: original | down-sampled (nearest) | output
+                    panels = [panel(targets[i], out), panel(pictures[i], out, nearest=True), out]
+                outputs.write_couple(key, panels)
             for tag, strip in strips.items():
                 outputs.write_edit(tag, key, strip[i])
             generator = generators[i] if generators else ""
@@ -579,7 +787,9 @@ def _invert(cfg, inputs, rank_zero):
                        for key in diverged]
     if failed and not inverted and not skipped:
         raise ValueError(f"input={cfg.input}: no image could be inverted: {'; '.join(failed)}")
-    shown = write_grid(outputs, paths, keys, runner.size, cfg.grid_max, cfg.align) if cfg.grid_max else 0
+    grid_size = runner.transform.size if runner.transform is not None else runner.size
+    shown = write_grid(outputs, paths, keys, grid_size, cfg.grid_max, cfg.align, runner.transform) \
+        if cfg.grid_max else 0
     rows = list(outputs.rows.values())
     notes = inputs.notes + ([f"{outputs.csv}: {len(outputs.bad_rows)} bad rows ignored and dropped "
                              f"({'; '.join(outputs.bad_rows)})"] if outputs.bad_rows else [])

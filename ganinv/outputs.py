@@ -1,8 +1,12 @@
 """invert.py's output folder: the file layout, metrics.csv, the run lock and write faults.
 
 Layout under the output root: ``reconstructions/<key>.png``, ``latents/<key>.pt`` / ``.npy``,
-``noises/<key>.pt``, ``aligned/<key>.png``, ``edits/<tag>/<key>.png``, ``generators/...`` and
-``metrics.csv`` (one row per image, :data:`COLUMNS`). Every file is written atomically
+``noises/<key>.pt``, ``aligned/<key>.png``, ``edits/<tag>/<key>.png``, ``generators/...``,
+``multimodal/<key>.png`` (input | K style-mixed outputs, as pSp's ``scripts/style_mixing.py``
+saves them) with ``multimodal/<key>.pt`` / ``.npy`` (their W+ codes [K, n_latent, D]),
+``couples/<key>.png`` (input | output, pSp ``scripts/inference.py --couple_outputs``) and
+``metrics.csv`` (one row per image, :data:`COLUMNS`; mse/psnr/ssim/lpips are blank for inputs
+that have no RGB target, e.g. sketches and label maps). Every file is written atomically
 (:func:`ganinv.checkpoints.safe.atomic_write`: temporary file in the same folder, fsync, rename),
 so a fault leaves whole files or none, never a truncated one.
 
@@ -45,7 +49,8 @@ from .checkpoints.safe import atomic_write, save_atomic
 from .data.images import save_image
 
 COLUMNS = ["image", "mse", "psnr", "ssim", "lpips", "seconds", "generator"]
-NUMERIC = ("mse", "psnr", "ssim", "seconds")  # always written; lpips may be blank
+NUMERIC = ("seconds",)  # always written
+METRICS = ("mse", "psnr", "ssim", "lpips")  # blank when not measured (no RGB target; no pretrained LPIPS)
 # errno values that mean "this path cannot be written here" rather than a bug in ganinv
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR,
                           errno.EEXIST, errno.EISDIR, errno.EFBIG, errno.ENAMETOOLONG, errno.EIO})
@@ -115,9 +120,11 @@ def _bad_row(row, fields):
     parts = PurePosixPath(key).parts
     if not key or key.startswith("/") or ".." in parts or any(c < " " for c in key):
         return f"image key {key!r} is not a relative path"
-    for name in NUMERIC + ("lpips",):
+    if values.get("mse", "") == "" and any(values.get(m, "") != "" for m in ("psnr", "ssim")):
+        return "psnr/ssim without mse"
+    for name in NUMERIC + METRICS:
         text = values.get(name, "")
-        if name == "lpips" and text == "":
+        if name in METRICS and text == "":
             continue
         try:
             if math.isnan(float(text)):
@@ -198,12 +205,15 @@ class Outputs:
     def path(self, kind, key, suffix):
         return self.root / kind / f"{key}{suffix}"
 
-    def done(self, key, need_generator, edit_tags=()):
+    def done(self, key, need_generator, edit_tags=(), extra=()):
+        """Whether ``key`` has its row and every file; ``extra``: (kind, suffix) pairs of further
+        files the run writes (``("multimodal", ".pt")``, ``("couples", ".png")``)."""
         row = self.rows.get(key)
         if row is None:
             return False
         files = [self.path("reconstructions", key, ".png"), self.path("latents", key, ".pt"),
-                 self.path("latents", key, ".npy"), *(self.path(f"edits/{t}", key, ".png") for t in edit_tags)]
+                 self.path("latents", key, ".npy"), *(self.path(f"edits/{t}", key, ".png") for t in edit_tags),
+                 *(self.path(kind, key, suffix) for kind, suffix in extra)]
         if need_generator:
             if not row.get("generator"):
                 return False
@@ -235,6 +245,28 @@ class Outputs:
         target = self.path(f"edits/{tag}", key, ".png")
         with writing(target):
             save_image(torch.cat(list(strip), dim=-1), target)
+
+    def write_multimodal(self, key, shown, images, latents):
+        """pSp multimodal outputs (``scripts/style_mixing.py``): ``multimodal/<key>.png`` = the input
+        ``shown`` [3, H, W] | images [K, 3, H, W] side by side, and their codes latents
+        [K, n_latent, D] as ``multimodal/<key>.pt`` and ``.npy``."""
+        target = self.path("multimodal", key, ".png")
+        with writing(target):
+            save_image(torch.cat([shown, *images], dim=-1), target)
+        latents = latents.detach().float().cpu().clone()
+        target = self.path("multimodal", key, ".pt")
+        with writing(target):
+            save_atomic(latents, target)
+        target = self.path("multimodal", key, ".npy")
+        with writing(target):
+            atomic_write(target, lambda f: np.save(f, latents.numpy()))
+
+    def write_couple(self, key, panels):
+        """``couples/<key>.png``: panels [3, H, W] side by side (pSp ``--couple_outputs``: input |
+        output; super-resolution: original | low-resolution input | output)."""
+        target = self.path("couples", key, ".png")
+        with writing(target):
+            save_image(torch.cat(list(panels), dim=-1), target)
 
     def write_grid(self, grid):
         target = self.root / "grid.png"

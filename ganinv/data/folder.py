@@ -17,8 +17,9 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-from ganinv.data.images import IMAGE_EXTENSIONS, load_image
+from ganinv.data.images import IMAGE_EXTENSIONS, load_image, resize_crop
 from ganinv.data.procedural import SPLITS, ProceduralFaces
+from ganinv.data.tasks import OneHotLabels
 
 
 def display_path(path: str | os.PathLike) -> str:
@@ -224,31 +225,66 @@ def _item_generator(seed: int, split: str, index: int) -> torch.Generator:
 
 
 class PairedDataset(Dataset):
-    """Wraps an image dataset into ``{"x": task(y), "y": y}`` items (x = y without a task).
+    """Wraps an image dataset into ``{"x": input, "y": y}`` items.
+
+    Without ``source`` the input is derived from the target: x = task(y), or x = y without a task.
+    With ``source`` (a folder of input images, e.g. sketches or integer label maps), item i pairs
+    the i-th source file with the i-th target, both in sorted relative-path order, as the official
+    ``datasets/images_dataset.py`` ``ImagesDataset`` pairs ``sorted(make_dataset(source_root))``
+    with ``sorted(make_dataset(target_root))``; the task then converts the source file (e.g.
+    ``OneHotLabels``: label map -> one-hot) and may be one that does not derive its input from
+    the target. Source files are read at the target's size: RGB images (task None) or, for tasks
+    with ``input_nc`` 1 or label maps, one channel as the official ``convert('L')`` (sketches in
+    [0, 1] as ``ToTensor``; label maps as integer class indices, resized with nearest neighbour).
 
     Items of datasets returning (image, factors) also carry ``"factors"``. Outside the train split the
     task's randomness comes from a generator seeded by (seed, split, index), so validation and test
     inputs are the same every epoch.
     """
 
-    def __init__(self, base: Dataset, task=None, split: str = "train", seed: int = 0):
-        if task is not None and not getattr(task, "from_target", False):
+    def __init__(self, base: Dataset, task=None, split: str = "train", seed: int = 0, source=None):
+        self.source_paths = None
+        if source is not None:
+            self.source_paths = list_images(source)
+            target_root = getattr(_unwrap(base), "root", None)
+            if len(self.source_paths) != len(_unwrap(base)):
+                raise ValueError(
+                    f"source folder {source} has {len(self.source_paths)} images but the target folder "
+                    f"{target_root} has {len(_unwrap(base))}: paired folders must hold the same files"
+                )
+            self.source_root = Path(source)
+        elif task is not None and not getattr(task, "from_target", False):
             raise ValueError(
                 f"task {type(task).__name__} does not derive its input from the target image; "
-                "it needs paired inputs (e.g. label maps) that an image folder does not provide"
+                "it needs paired inputs (e.g. label maps): give a source folder (data.train_source_dir / "
+                "data.val_source_dir)"
             )
         self.base, self.task, self.split, self.seed = base, task, split, seed
 
     def __len__(self) -> int:
         return len(self.base)
 
+    def _source(self, index: int, like: Tensor) -> Tensor:
+        """The paired source file of item ``index`` at the target's size."""
+        path = self.source_paths[_base_index(self.base, index)]
+        size = tuple(like.shape[-2:])
+        if self.task is None or getattr(self.task, "input_nc", 3) == 3:
+            return load_image(path, size)
+        if isinstance(self.task, OneHotLabels):
+            labels = load_label_map(path)[None, None].float()
+            labels = resize_crop_nearest(labels, size)
+            return labels[0, 0].long()
+        with warnings.catch_warnings():  # greyscale files are what a sketch folder holds
+            warnings.filterwarnings("ignore", message=r".*converted greyscale")
+            gray = (load_image(path, mode="L") + 1) / 2  # convert('L') + ToTensor: [1, H, W] in [0, 1]
+        return resize_crop(gray, size).clamp(0, 1)
+
     def _pair(self, item, index: int) -> dict[str, Tensor]:
         y, factors = item if isinstance(item, tuple) else (item, None)
-        if self.task is None:
-            x = y
-        else:
+        x = y if self.source_paths is None else self._source(index, y)
+        if self.task is not None and (self.source_paths is None or isinstance(self.task, OneHotLabels)):
             gen = None if self.split == "train" else _item_generator(self.seed, self.split, index)
-            x = self.task(y, generator=gen)
+            x = self.task(x, generator=gen)
         out = {"x": x, "y": y}
         if factors is not None:
             out["factors"] = factors
@@ -261,6 +297,46 @@ class PairedDataset(Dataset):
         fetch = getattr(self.base, "__getitems__", None)
         items = fetch(indices) if fetch is not None else [self.base[i] for i in indices]
         return [self._pair(item, i) for item, i in zip(items, indices)]
+
+
+def _unwrap(base: Dataset) -> Dataset:
+    """The dataset under a Subset (the root split's parts)."""
+    return base.dataset if isinstance(base, Subset) else base
+
+
+def _base_index(base: Dataset, index: int) -> int:
+    """The index into the unwrapped dataset (and its paired source list) of item ``index``."""
+    return base.indices[index] if isinstance(base, Subset) else index
+
+
+def load_label_map(path: str | os.PathLike) -> Tensor:
+    """An integer label-map PNG -> class indices [H, W] (long). 'L', 'P' (palette indices), 'I'
+    and 'I;16' files are read as stored; RGB files are converted to 'L', as the official
+    ``InferenceDataset`` / ``ImagesDataset`` do (``convert('L')`` when ``label_nc != 0``)."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as img:
+            img.load()
+            if img.mode not in ("L", "P", "I", "I;16"):
+                img = img.convert("L")
+            arr = np.array(img)
+    except UnidentifiedImageError:
+        raise ValueError(f"{path}: not a recognised image format") from None
+    except (OSError, SyntaxError, EOFError) as e:
+        raise ValueError(f"{path}: corrupt or truncated label map ({e})") from None
+    return torch.from_numpy(arr.astype(np.int64))
+
+
+def resize_crop_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """[B, C, H, W] centre-cropped to the aspect of size and resized with nearest neighbour (label
+    maps: classes are never blended)."""
+    h, w = size
+    H, W = x.shape[-2:]
+    ch, cw = (round(W * h / w), W) if H * w > W * h else (H, round(H * w / h))
+    top, left = (H - ch) // 2, (W - cw) // 2
+    x = x[..., top : top + ch, left : left + cw]
+    return x if (ch, cw) == (h, w) else torch.nn.functional.interpolate(x, size=(h, w), mode="nearest")
 
 
 class ShardSampler(torch.utils.data.Sampler):
@@ -335,6 +411,10 @@ class ImageDataModule(_PairedDataModule):
     Give either explicit train_dir (and optional val_dir / test_dir) or a single root that is split
     deterministically by ``split`` ratios with ``seed``. Only training images are flipped. task: a
     target-derived task from ``ganinv.data.tasks`` (x = task(y)); None for plain inversion (x = y).
+    train_source_dir / val_source_dir: folders of paired inputs (sketches, label maps) for train_dir /
+    val_dir, paired by sorted relative path (:class:`PairedDataset` ``source``), as the official
+    ``train_source_root`` / ``test_source_root`` of pSp's ``configs/data_configs.py``; they need
+    explicit train_dir / val_dir, and targets are not flipped (the source would not follow).
     """
 
     def __init__(
@@ -351,8 +431,16 @@ class ImageDataModule(_PairedDataModule):
         task=None,
         seed: int = 0,
         shuffle: bool = True,
+        train_source_dir: str | None = None,
+        val_source_dir: str | None = None,
     ):
         super().__init__(batch_size, num_workers, seed, shuffle)
+        sources = {"train_source_dir": (train_source_dir, train_dir), "val_source_dir": (val_source_dir, val_dir)}
+        for key, (source, target) in sources.items():
+            if source is not None and target is None:
+                raise ValueError(f"data.{key}={source} needs data.{key.replace('source_', '')} (its paired "
+                                 "target folder); root= splitting does not pair source folders")
+        self.sources = {"train": train_source_dir, "val": val_source_dir, "test": None}
         if (root is None) == (train_dir is None and val_dir is None and test_dir is None):
             raise ValueError("give either root (split automatically) or train_dir/val_dir/test_dir, not both")
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
@@ -372,8 +460,10 @@ class ImageDataModule(_PairedDataModule):
         else:
             for name, folder in self.dirs.items():
                 if folder is not None:
-                    base = ImageFolder(folder, self.size, flip=self.flip and name == "train")
-                    self.datasets[name] = PairedDataset(base, self.task, name, self.seed)
+                    source = self.sources[name]
+                    flip = self.flip and name == "train" and source is None
+                    base = ImageFolder(folder, self.size, flip=flip)
+                    self.datasets[name] = PairedDataset(base, self.task, name, self.seed, source=source)
 
 
 class ProceduralDataModule(_PairedDataModule):
