@@ -109,6 +109,13 @@ def _gadget_dtype_flags_cleared():
     return _Reduce(np._core.multiarray.scalar, (_Reduce(np.dtype, ("V8", False, True), state), POINTER))
 
 
+def _gadget_float_dtype_made_structured():
+    """A float64 dtype (a class the old allow-list admitted) whose state turns it into a structured
+    dtype with an object field and no object flags; then a scalar of it from 8 bytes."""
+    state = (3, "|", None, ("a",), {"a": (np.dtype("O"), 0)}, 8, 1, 0)
+    return _Reduce(np._core.multiarray.scalar, (_Reduce(np.dtype, ("f8", False, True), state), POINTER))
+
+
 def _gadget_object_dtype():
     """The object dtype itself with its flags cleared, then a scalar of it from 8 bytes."""
     state = (3, "|", None, None, None, -1, -1, 0)
@@ -134,7 +141,8 @@ def _gadget_array_of_pointers():
     return array
 
 
-GADGETS = {"dtype_flags_cleared": _gadget_dtype_flags_cleared, "object_dtype_flags": _gadget_object_dtype,
+GADGETS = {"dtype_flags_cleared": _gadget_dtype_flags_cleared,
+           "float_dtype_made_structured": _gadget_float_dtype_made_structured, "object_dtype_flags": _gadget_object_dtype,
            "object_scalar": _gadget_object_scalar, "numeric_dtype_object_flags": _gadget_numeric_flags,
            "object_array_from_bytes": _gadget_array_of_pointers}
 
@@ -144,7 +152,7 @@ def _write(kind, path, payload):
     if kind in ("generator", "info"):
         torch.save({"g_ema": {"style.1.weight": torch.zeros(1)}, "args": payload}, path)
     elif kind == "nvidia":
-        path.write_bytes(pickle.dumps({"G_ema": payload, "training_set_kwargs": {}}, protocol=2))
+        path.write_bytes(pickle.dumps({"G_ema": payload, "training_set_kwargs": {}}, protocol=4))
     elif kind == "inverter":
         torch.save({"state_dict": {}, "opts": {"encoder_type": "Encoder4Editing", "x": payload}}, path)
     elif kind == "direction":
