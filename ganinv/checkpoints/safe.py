@@ -79,7 +79,7 @@ def atomic_write(path, write):
     """Call ``write(f)`` on a temporary file in ``path``'s directory, fsync, then rename it over
     ``path``: readers never see a half-written file and a crash leaves no partial one. The file gets
     the permissions a plain ``open()`` would give (umask), not mkstemp's 0600. An OSError (disk full,
-    read-only) is raised naming ``path`` itself. Returns the Path."""
+    read-only) on the temporary is raised naming ``path`` itself. Returns the Path."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     try:
@@ -92,9 +92,10 @@ def atomic_write(path, write):
     except BaseException as e:
         with contextlib.suppress(OSError):  # a folder that refused the write may refuse this too
             tmp.unlink(missing_ok=True)
-        if isinstance(e, OSError) and e.errno is not None:  # ENOSPC, EROFS, ...: name the file, not the .tmp
+        hidden = isinstance(e, OSError) and e.errno is not None and e.filename in (None, tmp, str(tmp))
+        if hidden:  # ENOSPC, EROFS, ... on the temporary: name the file the user knows, not the .tmp
             raise OSError(e.errno, e.strerror or os.strerror(e.errno), str(path)) from None
-        raise
+        raise  # e.g. a parent that is a file: its own name says more
     return path
 
 
