@@ -65,9 +65,11 @@ def _run_rank(rank, port, queue):
         (y * grad_out).sum().backward()
         param_grad = torch.stack([bn.weight.grad, bn.bias.grad])
         dist.all_reduce(param_grad)  # what DDP does, before dividing by the world size
-        queue.put((rank, {"y": y.detach(), "x_grad": x.grad, "param_grad": param_grad / WORLD,
-                          "running_mean": bn.running_mean.clone(), "running_var": bn.running_var.clone(),
-                          "tracked": bn.num_batches_tracked.clone()}))
+        results = {"y": y.detach(), "x_grad": x.grad, "param_grad": param_grad / WORLD,
+                   "running_mean": bn.running_mean, "running_var": bn.running_var, "tracked": bn.num_batches_tracked}
+        # numpy copies travel by value: a torch tensor would travel as a shared-memory handle that the
+        # parent can only open while this process is alive (a race when the rank exits first)
+        queue.put((rank, {k: v.detach().numpy().copy() for k, v in results.items()}))
     finally:
         dist.destroy_process_group()
 
@@ -79,7 +81,10 @@ def test_sync_batchnorm_two_gloo_processes_equal_one_batchnorm_on_the_whole_batc
     procs = [ctx.Process(target=_run_rank, args=(r, port, queue)) for r in range(WORLD)]
     for p in procs:
         p.start()
-    results = dict(queue.get(timeout=120) for _ in procs)
+    results = {}
+    for _ in procs:
+        rank, arrays = queue.get(timeout=120)
+        results[rank] = {k: torch.from_numpy(v) for k, v in arrays.items()}
     for p in procs:
         p.join(timeout=60)
         assert p.exitcode == 0
