@@ -221,16 +221,10 @@ class Outputs:
         return all(f.is_file() for f in files)
 
     def write_image(self, key, image, latent, noises=None, aligned=None):
-        latent = latent.detach().float().cpu().clone()
         target = self.path("reconstructions", key, ".png")
         with writing(target):
             save_image(image, target)
-        target = self.path("latents", key, ".pt")
-        with writing(target):
-            save_atomic(latent, target)
-        target = self.path("latents", key, ".npy")
-        with writing(target):
-            atomic_write(target, lambda f: np.save(f, latent.numpy()))
+        self.write_codes("latents", key, latent)
         if noises is not None:
             target = self.path("noises", key, ".pt")
             with writing(target):
@@ -253,13 +247,17 @@ class Outputs:
         target = self.path("multimodal", key, ".png")
         with writing(target):
             save_image(torch.cat([shown, *images], dim=-1), target)
-        latents = latents.detach().float().cpu().clone()
-        target = self.path("multimodal", key, ".pt")
+        self.write_codes("multimodal", key, latents)
+
+    def write_codes(self, kind, key, codes):
+        """Codes (e.g. W+ [n_latent, D]) as ``<kind>/<key>.pt`` and ``.npy``, float32 on CPU."""
+        codes = codes.detach().float().cpu().clone()
+        target = self.path(kind, key, ".pt")
         with writing(target):
-            save_atomic(latents, target)
-        target = self.path("multimodal", key, ".npy")
+            save_atomic(codes, target)
+        target = self.path(kind, key, ".npy")
         with writing(target):
-            atomic_write(target, lambda f: np.save(f, latents.numpy()))
+            atomic_write(target, lambda f: np.save(f, codes.numpy()))
 
     def write_couple(self, key, panels):
         """``couples/<key>.png``: panels [3, H, W] side by side (pSp ``--couple_outputs``: input |

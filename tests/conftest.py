@@ -82,3 +82,12 @@ def compose_train(tmp_path):
     def _compose(*overrides):
         return compose_config("train", overrides, tmp_path)
     return _compose
+
+
+@pytest.fixture
+def one_thread():
+    """torch at 1 thread for the test (sums in a fixed order), restored after."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -44,14 +44,6 @@ def gfile(tmp_path_factory):
     return path
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def factor_latents(n=2000, dim=512, noise=0.01):
     """Latents that are a linear image of the procedural factors: w = f·A + noise, f [n, 12] the
     factors of ProceduralFaces items; -> (w [n, dim] float64, f)."""

@@ -141,14 +141,6 @@ def idinvert_checkpoint(workdir):
     return path
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_encoder_checkpoint_then_pti_and_idinvert_in_process(workdir, idinvert_checkpoint, one_thread):
     from ganinv.checkpoints import load_inverter
 
