@@ -9,6 +9,7 @@ case, and no ``*.tmp`` may remain.
 """
 import os
 import pickle
+import shutil
 import struct
 import subprocess
 import sys
@@ -87,7 +88,8 @@ def workdir(tmp_path_factory):
     (root / "evil.ckpt").write_bytes(pickle.dumps({"state_dict": _Evil()}))
     torch.save({"state_dict": {}, "callbacks": _Evil()}, root / "evil_torch.ckpt")
     (root / "torch_home").mkdir()  # an empty hub cache: no pretrained weights, wherever the tests run
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 INVERT = ["generator=checkpoint", "generator.path=g.pt", "inversion.steps=2", "inversion.n_mean_latent=100"]

@@ -2,6 +2,7 @@
 inference scripts read from a checkpoint, with the recipe's values, and ganinv's own loader
 still reads it. Exports come from 3-step runs of official recipes (tests/test_recipes.py)."""
 import math
+import shutil
 from argparse import Namespace
 
 import pytest
@@ -50,7 +51,9 @@ def exports(faces, tmp_path_factory):  # noqa: F811
         cfg, trainer = tiny_run(recipe, faces, run_dir)
         assert trainer.global_step == 3
         out[recipe] = (run_dir / "export" / f"{cfg.method.name}.pt", cfg)
-    return out
+    yield out
+    for path, _ in out.values():
+        shutil.rmtree(path.parent.parent, ignore_errors=True)
 
 
 @pytest.mark.parametrize("recipe", ["psp_celebs_sketch_to_face", "e4e_ffhq_encode"])

@@ -142,7 +142,8 @@ def _gadget_array_of_pointers():
 
 
 GADGETS = {"dtype_flags_cleared": _gadget_dtype_flags_cleared,
-           "float_dtype_made_structured": _gadget_float_dtype_made_structured, "object_dtype_flags": _gadget_object_dtype,
+           "float_dtype_made_structured": _gadget_float_dtype_made_structured,
+           "object_dtype_flags": _gadget_object_dtype,
            "object_scalar": _gadget_object_scalar, "numeric_dtype_object_flags": _gadget_numeric_flags,
            "object_array_from_bytes": _gadget_array_of_pointers}
 

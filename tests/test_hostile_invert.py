@@ -111,7 +111,8 @@ def workdir(tmp_path_factory):
     for name, face in zip(["a.png", "b.png"], faces):
         save_image(face, root / "two" / name)
     (root / "torch_home").mkdir()  # no pretrained LPIPS: metrics.csv lpips is blank, as on CI
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 # -- unique keys: the rule, order independence ------------------------------------------------------

@@ -1,6 +1,7 @@
 """invert.py end to end (a tiny generator checkpoint, a folder with a corrupt file), its
 configuration errors, input keys and FFHQ alignment geometry."""
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -40,7 +41,8 @@ def workdir(tmp_path_factory):
     for key, image in zip(KEYS, images):
         save_image(image, root / "photos" / f"{key}.png")
     (root / "photos" / "faces" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def lpips_weights_present():

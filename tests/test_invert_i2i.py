@@ -9,6 +9,7 @@ the official inference transforms (pSp configs/transforms_config.py), style-mixi
 """
 import csv
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -59,7 +60,8 @@ def data(tmp_path_factory):
         Image.fromarray(labels_of(face).numpy().astype(np.uint8), "L").save(root / "labels" / sub / f"{i:02d}.png")
         sketch = EdgeSketch()(face)
         save_image(sketch * 2 - 1, root / "sketches" / sub / f"{i:02d}.png")  # mode 'L' files
-    return root
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
 
 
 def export(recipe, data, out, *extra):
@@ -76,13 +78,16 @@ def export(recipe, data, out, *extra):
 
 @pytest.fixture(scope="module")
 def checkpoints(data, tmp_path_factory):
-    sketch = export("psp_celebs_sketch_to_face", data, tmp_path_factory.mktemp("sketch_run"),
+    runs = tmp_path_factory.mktemp("sketch_run"), tmp_path_factory.mktemp("seg_run")
+    sketch = export("psp_celebs_sketch_to_face", data, runs[0],
                     f"data.root={data / 'faces'}", "data.split=[0.5,0.5,0]")
     # segmentation -> face on real label-map folders, paired by relative path
-    seg = export("psp_celebs_seg_to_face", data, tmp_path_factory.mktemp("seg_run"),
+    seg = export("psp_celebs_seg_to_face", data, runs[1],
                  f"data.train_dir={data / 'faces'}", f"data.val_dir={data / 'faces'}",
                  f"data.train_source_dir={data / 'labels'}", f"data.val_source_dir={data / 'labels'}")
-    return {"sketch": sketch, "seg": seg}
+    yield {"sketch": sketch, "seg": seg}
+    for run in runs:  # ~0.5 GB of checkpoints each: CI's disk is small
+        shutil.rmtree(run, ignore_errors=True)
 
 
 def png(path):

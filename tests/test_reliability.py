@@ -150,13 +150,15 @@ def _run_train(out, *extra):
     return r
 
 
-def _wait_for(condition, proc, timeout, what):
+def _wait_for(condition, proc, timeout, what, log):
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         found = condition()
         if found:
             return found
-        assert proc.poll() is None, f"training ended (rc {proc.returncode}) before {what}"
+        if proc.poll() is not None:
+            tail = Path(log).read_text(errors="replace")[-3000:]
+            raise AssertionError(f"training ended (rc {proc.returncode}) before {what}:\n{tail}")
         time.sleep(0.002)
     raise AssertionError(f"timed out waiting for {what}")
 
@@ -187,8 +189,8 @@ def test_sigkill_mid_run_then_resume_matches_uninterrupted(tmp_path):
     with open(tmp_path / "killed.log", "w") as log:
         proc = subprocess.Popen(_train_cmd(part), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT, env=_env())
         try:
-            _wait_for(lambda: (ckpts / "last.ckpt").exists(), proc, 240, "the first checkpoint")
-            _wait_for(lambda: _half_written(ckpts), proc, 120, "a half-written checkpoint")
+            _wait_for(lambda: (ckpts / "last.ckpt").exists(), proc, 240, "the first checkpoint", log.name)
+            _wait_for(lambda: _half_written(ckpts), proc, 120, "a half-written checkpoint", log.name)
             proc.send_signal(signal.SIGKILL)
         finally:
             proc.kill()
