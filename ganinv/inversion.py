@@ -57,8 +57,8 @@ from .data.tasks import OneHotLabels, SuperResolution
 from .editing.edits import Edit, edit_strip, parse_edit
 from .methods.base import image_grid
 from .methods.encoder import input_display
-from .methods.optimization import fit_to, w_statistics
 from .methods.psp import mix_styles
+from .methods.targets import fit_to, w_statistics
 from .outputs import (
     COLUMNS,  # noqa: F401 -- still importable as ganinv.inversion.COLUMNS
     WRITE_ERRNOS,

@@ -18,9 +18,9 @@ from ganinv.methods.optimization import (
     OptimizationInversion,
     latent_noise_strength,
     projector_lr,
-    w_statistics,
 )
 from ganinv.methods.pti import PTI
+from ganinv.methods.targets import w_statistics
 from ganinv.nets.idinvert_encoder import IDInvertEncoder
 from ganinv.nets.stylegan2 import Generator, NoiseInjection
 

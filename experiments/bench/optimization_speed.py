@@ -23,7 +23,8 @@ import torch
 
 from ganinv.checkpoints import load_generator
 from ganinv.losses import LPIPSLoss, VGG16Features
-from ganinv.methods.optimization import OptimizationInversion, w_statistics
+from ganinv.methods.optimization import OptimizationInversion
+from ganinv.methods.targets import w_statistics
 from ganinv.nets.stylegan2 import Generator
 
 PRESETS = {

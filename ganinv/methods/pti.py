@@ -14,7 +14,7 @@ import copy
 import torch
 
 from .base import frozen_copy, log_grid
-from .optimization import TargetsModule, fit_to
+from .targets import TargetsModule, fit_to
 
 
 class PTI(TargetsModule):

@@ -18,7 +18,8 @@ def specs(sizes, add):
 
 def run_optimization(spec, device):
     from ganinv.losses import VGG16Features
-    from ganinv.methods.optimization import OptimizationInversion, w_statistics
+    from ganinv.methods.optimization import OptimizationInversion
+    from ganinv.methods.targets import w_statistics
 
     g = make_generator(spec, "cpu").requires_grad_(False)  # the Trainer moves the module to the device
     with torch.no_grad():
