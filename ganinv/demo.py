@@ -3,7 +3,8 @@
 1. trains e4e on procedural faces against the shipped 64 px StyleGAN2 (``train.py``);
 2. inverts held-out faces by the trained encoder and by optimisation (``invert.py``);
 3. fits an InterFaceGAN hair-tone boundary on encoder codes of labelled faces and applies it;
-4. writes ``report.html`` + ``report.png`` (input | reconstructions | edits, metrics table).
+4. writes ``report.html`` + ``report.png`` (input | reconstructions | edits, metrics table) and each
+   inversion's ``index.html`` (:func:`ganinv.report.write_index`).
 
     python -m ganinv.demo [--out outputs/demo] [--train-steps 300] [--opt-steps 300] [--n-images 8] [--max-mse 0.05]
 
@@ -23,14 +24,18 @@ from pathlib import Path
 import torch
 import torchvision
 
+from .checkpoints.safe import atomic_write
 from .config import ASSETS
 from .data.images import load_image, save_image
 from .data.procedural import ProceduralFaces
+from .outputs import writing
+from .report import STYLE, html_table, link, write_html, write_index
 
 ROOT = Path(__file__).resolve().parent.parent
 # Hair tone: a factor the 64 px generator and a short-trained encoder both capture (boundary accuracy
 # ~0.9 on e4e codes); mouth curvature, rendered blurrily by this generator, fits at ~0.6.
 EDIT_FACTOR = "hair_tone"
+DEMO_STYLE = STYLE.replace("max-width:1100px", "max-width:900px")
 
 
 def run(script, *overrides, log, prog="demo"):
@@ -74,32 +79,31 @@ def factor_edit(encoder_ckpt, inputs, sigmas=(-4.0, 4.0)):
     return [inv.decode(e) for e in edited], record["val_accuracy"], strengths
 
 
-def report(out, inputs, rows, metrics, edits, timings, accuracy, strengths):
-    """report.png: one row per image (input | e4e | optimisation | edit − | edit +)."""
+def report(out, inputs, rows, metrics, edits, timings, accuracy, strengths, pages=()):
+    """report.png: one row per image (input | e4e | optimisation | edit − | edit +); report.html:
+    it, the metrics table and links to ``pages`` (the invert runs' index.html, relative to ``out``)."""
     columns = [inputs, *rows, *edits]
     grid = torch.stack([c.clamp(-1, 1) for c in columns], 1).flatten(0, 1)
-    torchvision.utils.save_image(grid, out / "report.tmp.png", nrow=len(columns), normalize=True,
-                                 value_range=(-1, 1), padding=2)
-    (out / "report.tmp.png").replace(out / "report.png")
+    with writing(out / "report.png"):
+        atomic_write(out / "report.png", lambda f: torchvision.utils.save_image(
+            grid, f, format="png", nrow=len(columns), normalize=True, value_range=(-1, 1), padding=2))
     png = base64.b64encode((out / "report.png").read_bytes()).decode()
-    table = "".join(
-        f"<tr><td>{html.escape(name)}</td><td>{m['mse']:.4f}</td><td>{m['psnr']:.2f}</td><td>{m['ssim']:.3f}</td>"
-        f"<td>{m['seconds']:.3f}</td></tr>" for name, m in metrics.items())
+    table = html_table(["method", "MSE", "PSNR", "SSIM", "s / image"],
+                       [[name, f"{m['mse']:.4f}", f"{m['psnr']:.2f}", f"{m['ssim']:.3f}", f"{m['seconds']:.3f}"]
+                        for name, m in metrics.items()])
     steps = "".join(f"<li>{html.escape(k)}: {v:.0f} s</li>" for k, v in timings.items())
-    page = f"""<!doctype html><html><head><meta charset="utf-8"><title>ganinv demo</title>
-<style>body{{font-family:sans-serif;max-width:900px;margin:2em auto}}td,th{{padding:4px 10px;text-align:right}}
-img{{image-rendering:pixelated;width:100%}}</style></head><body>
-<h1>ganinv demo — embedded default</h1>
+    links = "".join(f'<li><a href="{link(p, out)}">{html.escape(Path(p).parent.name)}</a></li>' for p in pages)
+    body = f"""<h1>ganinv demo — embedded default</h1>
 <p>Held-out procedural faces inverted into the shipped 64 px StyleGAN2. Columns: input | e4e (encoder, one
 forward pass) | optimisation (W+ projector) | {EDIT_FACTOR} {strengths[0]:+.1f} | {EDIT_FACTOR}
 {strengths[1]:+.1f} (the shipped InterFaceGAN boundary, fitted in the generator's W; validation accuracy
 {accuracy:.2f}; strengths are ±4 standard deviations of the generator's W along the boundary normal).</p>
-<img src="data:image/png;base64,{png}" alt="input, reconstructions and edits">
+<img src="data:image/png;base64,{png}" alt="input, reconstructions and edits" style="width:100%">
 <h2>Reconstruction (mean over {len(inputs)} held-out images; MSE on [-1, 1])</h2>
-<table><tr><th>method</th><th>MSE</th><th>PSNR</th><th>SSIM</th><th>s / image</th></tr>{table}</table>
-<h2>Time</h2><ul>{steps}</ul></body></html>"""
-    (out / "report.tmp.html").write_text(page)
-    (out / "report.tmp.html").replace(out / "report.html")
+{table}
+<h2>Per-image pages (metrics.csv, loss curves)</h2><ul>{links}</ul>
+<h2>Time</h2><ul>{steps}</ul>"""
+    write_html(out / "report.html", "ganinv demo", body, style=DEMO_STYLE)
 
 
 def main(argv=None):
@@ -147,7 +151,9 @@ def main(argv=None):
     for name, folder in (("e4e", "e4e"), ("optimisation (W+)", "optimisation")):
         metrics[name] = read_metrics(out / folder / "metrics.csv")[1]
         recons.append(torch.stack([load_image(out / folder / "reconstructions" / f"{n}.png") for n in names]))
-    report(out, inputs, recons, metrics, edits, timings, accuracy, strengths)
+    pages = [write_index(out / folder, {n: out / "inputs" / f"{n}.png" for n in names}, title=f"demo: {name}")
+             for name, folder in (("e4e", "e4e"), ("optimisation (W+)", "optimisation"))]
+    report(out, inputs, recons, metrics, edits, timings, accuracy, strengths, pages)
     for name, m in metrics.items():
         print(f"  {name:18s} MSE {m['mse']:.4f}  PSNR {m['psnr']:.2f}  SSIM {m['ssim']:.3f}  {m['seconds']:.3f} s/img")
     print(f"report: {out / 'report.html'} (and report.png)")

@@ -31,6 +31,10 @@ Faults and concurrency, and why:
   ignored: such an image counts as not done and is inverted again, the rows are left out of the
   summary means, they are listed in the summary, and they are dropped when the file is next
   rewritten.
+
+Layer: this module imports only :mod:`ganinv.checkpoints` and :mod:`ganinv.data`: it is the format of
+a run folder, which the driver (:mod:`ganinv.inversion`) writes and :mod:`ganinv.editing.saved`,
+:mod:`ganinv.editing.labels` and :mod:`ganinv.evaluate` read.
 """
 import contextlib
 import csv
@@ -46,6 +50,7 @@ import numpy as np
 import torch
 
 from .checkpoints.safe import atomic_write, save_atomic
+from .checkpoints.stylegan import save_generator
 from .data.images import save_image
 
 COLUMNS = ["image", "mse", "psnr", "ssim", "lpips", "seconds", "generator"]
@@ -259,12 +264,28 @@ class Outputs:
         with writing(target):
             atomic_write(target, lambda f: np.save(f, codes.numpy()))
 
+    def write_picture(self, kind, key, image):
+        """One image [3, H, W] in [-1, 1] as ``<kind>/<key>.png`` (``composites/``, ``blend/``)."""
+        target = self.path(kind, key, ".png")
+        with writing(target):
+            save_image(image, target)
+
     def write_couple(self, key, panels):
         """``couples/<key>.png``: panels [3, H, W] side by side (pSp ``--couple_outputs``: input |
         output; super-resolution: original | low-resolution input | output)."""
         target = self.path("couples", key, ".png")
         with writing(target):
             save_image(torch.cat(list(panels), dim=-1), target)
+
+    def generator_path(self, tag):
+        """``generators/<tag>.pt``, relative to the root (metrics.csv's ``generator`` column)."""
+        return f"generators/{tag}.pt"
+
+    def write_generator(self, rel, generator):
+        """A PTI-tuned generator as ``<root>/<rel>`` in the rosinality layout."""
+        target = self.root / rel
+        with writing(target):
+            save_generator(target, generator)
 
     def write_grid(self, grid):
         target = self.root / "grid.png"

@@ -14,6 +14,7 @@ import torch
 from hydra.utils import instantiate
 from lightning_fabric.loggers.logger import rank_zero_experiment
 from omegaconf import DictConfig, OmegaConf
+from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
 from pytorch_lightning.plugins import TorchCheckpointIO
@@ -21,7 +22,7 @@ from pytorch_lightning.utilities.rank_zero import rank_zero_only
 
 from .checkpoints.safe import atomic_write, load_torch, save_atomic
 
-# one_line_errors and user_error moved to cli.py; ganinv.inversion, experiments/sweep and the tests import them here
+# one_line_errors and user_error live in cli.py; experiments/sweep and the tests import them from here
 from .cli import USER_ERRORS, one_line_errors, user_error, writing  # noqa: F401
 from .config import available_methods
 from .distributed import SyncBatchNormPlugin
@@ -43,7 +44,7 @@ def check_accelerator(trainer_cfg):
     """Raise ValueError when ``trainer.accelerator`` asks for a CUDA GPU (``gpu``/``cuda``; also
     trainer=gpu and trainer=ddp) on a machine where torch sees none: Lightning would only say "No
     supported gpu backend found!", after the data and nets are built. (invert.py checks its
-    ``device=`` itself, ganinv.inversion.check_device.)"""
+    ``device=`` itself, ganinv.invert.settings.check_device.)"""
     accelerator = str(trainer_cfg.get("accelerator"))
     if accelerator in ("gpu", "cuda") and not torch.cuda.is_available():
         raise ValueError(f"trainer.accelerator={accelerator}: no CUDA GPU is available on this machine "
@@ -159,8 +160,8 @@ def wandb_run_id(output_dir, resuming):
 
 def build_loggers(cfg, resuming=False):
     """The config's loggers. When resuming, W&B continues the run stored in the output dir, and a CSV
-    logger writing straight into ``csv/`` gets a fresh version folder (Lightning's CSV logger deletes
-    an existing metrics.csv, which holds the curves of the run so far)."""
+    logger writing straight into ``csv/`` gets a fresh version folder ``resumed_<time>`` (Lightning's
+    CSV logger deletes an existing metrics.csv, which holds the curves of the run so far)."""
     if not cfg.get("logger"):
         return []
     loggers = []
@@ -180,7 +181,13 @@ def build_loggers(cfg, resuming=False):
 
 
 def build_callbacks(cfg):
-    return [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    """The config's callbacks; a progress bar among them (conf/callbacks/default.yaml's
+    ``progress_bar``) is left out when ``trainer.enable_progress_bar`` is false, which Lightning
+    would otherwise refuse."""
+    callbacks = [instantiate(c) for c in (cfg.get("callbacks") or {}).values() if c is not None]
+    if cfg.get("trainer") is not None and cfg.trainer.get("enable_progress_bar", True) is False:
+        callbacks = [c for c in callbacks if not isinstance(c, ProgressBar)]
+    return callbacks
 
 
 def to_channels_last(model):

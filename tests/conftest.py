@@ -53,28 +53,12 @@ def _deterministic():
     yield
 
 
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
-
-
 def compose_config(config_name, overrides, output_dir):
-    """Compose a ganinv Hydra config as the CLI would, with the run dir set to ``output_dir``."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """Compose a ganinv Hydra config (``train`` or ``invert``) as the CLI would, with the run dir set to
+    ``output_dir`` (:func:`ganinv.config.compose`)."""
+    from ganinv.config import compose
 
-    from ganinv.config import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose(config_name=config_name, overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):  # the task function never sees the hydra node
-        del cfg.hydra
-    return cfg
+    return compose(config_name, overrides, output_dir)
 
 
 @pytest.fixture

@@ -28,6 +28,9 @@ from ganinv.nets.idinvert_encoder import IDInvertEncoder
 from ganinv.nets.stylegan2 import Generator
 
 ROOT = Path(__file__).resolve().parent.parent
+# what the project ships, as Hydra lists it (sorted): conf/invert/inversion/ presets, conf/method/ methods
+PRESETS = sorted(p.stem for p in (ROOT / "conf" / "invert" / "inversion").glob("*.yaml"))
+METHODS = sorted(p.stem for p in (ROOT / "conf" / "method").glob("*.yaml"))
 MARKER = "marker"  # what the crafted checkpoints would create if they ran
 
 
@@ -103,7 +106,7 @@ GUARD = "++callbacks.nonfinite_loss._target_=ganinv.methods.guards.NonFiniteLoss
 
 def inverted(*keys):
     """The files invert.py writes for images ``keys`` (projector: latents, noise maps, reconstructions)."""
-    files = {"metrics.csv", "grid.png"}
+    files = {"metrics.csv", "grid.png", "index.html"}
     for k in keys:
         files |= {f"reconstructions/{k}.png", f"latents/{k}.pt", f"latents/{k}.npy", f"noises/{k}.pt"}
     return files
@@ -165,7 +168,7 @@ CASES = [
     # -- invert.py: configuration -------------------------------------------------------------------
     Case("invert-unknown-preset", "invert.py", ["input=photos", "inversion=nonexistent", *INVERT], 2,
          ["invert.py: In 'invert': Could not find 'inversion/nonexistent'; Available options in 'inversion': "
-          "idinvert, image2stylegan, image2stylegan_pp, projector, pti"]),
+          + ", ".join(PRESETS)]),
     Case("invert-unknown-key", "invert.py", ["input=photos", "steps=3", *INVERT], 2,
          ["invert.py: steps: Could not override 'steps'; To append to your config use +steps=3; "
           "Key 'steps' is not in struct"]),
@@ -174,10 +177,10 @@ CASES = [
           "torch_home/hub/checkpoints/vgg16-397923af.pth. Put the file there"]),
     # -- train.py -----------------------------------------------------------------------------------
     Case("train-no-method", "train.py", TRAIN[1:], 2,
-         ["train.py: no method given; choose one with +method=e4e|idinvert|psp|stylegan2"]),
+         ["train.py: no method given; choose one with +method=" + "|".join(METHODS)]),
     Case("train-unknown-method", "train.py", ["+method=pixel2pixel", *TRAIN[1:]], 2,
          ["train.py: In 'train': Could not find 'method/pixel2pixel'; Available options in 'method': "
-          "e4e, idinvert, psp, stylegan2"]),
+          + ", ".join(METHODS)]),
     Case("train-unknown-key", "train.py", [*TRAIN, *PROCEDURAL, "trainer.max_step=3"], 2,
          ["train.py: trainer.max_step: Could not override 'trainer.max_step'; To append to your config use "
           "+trainer.max_step=3; Key 'max_step' is not in struct"]),
@@ -223,11 +226,12 @@ CASES = [
 
 
 def _results(out):
-    """Files under ``out`` other than Hydra's run record and the CSV logger's folder."""
+    """Files under ``out`` other than Hydra's run record, the CSV logger's folder and the per-batch loss
+    curves (``curves/<first key of the batch>.png``: tests/test_invert_wiring.py checks those)."""
     if not out.exists():
         return set()
     files = {p.relative_to(out).as_posix() for p in out.rglob("*") if p.is_file()}
-    return {f for f in files if not f.startswith((".hydra/", "csv/")) and not f.endswith(".log")}
+    return {f for f in files if not f.startswith((".hydra/", "csv/", "curves/")) and not f.endswith(".log")}
 
 
 # Each case costs a Python start with torch and Lightning (~5 s on 2 cores); these repeat what other cases

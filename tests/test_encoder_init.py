@@ -98,7 +98,9 @@ def test_irse50_init_refuses_what_it_cannot_do(irse50_file, tmp_path):
     assert all(torch.equal(v, before[k]) for k, v in small.state_dict().items())
 
 
-def test_resnet34_imagenet_init_copies_the_blocks_and_keeps_the_new_stem(tmp_path):
+def test_resnet34_imagenet_init_copies_the_blocks_and_the_widened_stem(tmp_path):
+    """ReStyle's models/psp.py: the torchvision file loaded with strict=False, so the blocks (built from
+    resnet34(pretrained=True)) and exactly conv1 (RGB in channels 0-2, torch.randn in 3-5) and bn1."""
     tv = fill_rule(torchvision.models.resnet34, 44000)
     path = tmp_path / "resnet34-b627a593.pth"
     torch.save(tv, path)
@@ -116,9 +118,14 @@ def test_resnet34_imagenet_init_copies_the_blocks_and_keeps_the_new_stem(tmp_pat
         assert torch.equal(after[ours], value), ours
         copied += 1
     assert copied == sum(1 for k in after if k.startswith("body."))
-    for key in ("conv1.weight", "bn1.weight", "bn1.running_var", "relu.weight"):
-        assert torch.equal(after[key], pre[key]), key  # ReStyle builds its stem fresh
-    assert all(k.startswith(("conv1", "bn1", "relu", "styles")) for k in result.missing_keys)
+    assert torch.equal(after["conv1.weight"][:, :3], tv["conv1.weight"])
+    extra = after["conv1.weight"][:, 3:]
+    assert not torch.equal(extra, pre["conv1.weight"][:, 3:])
+    assert abs(extra.std().item() - 1.0) < 0.05  # torch.randn: standard normal, as official
+    for key in ("bn1.weight", "bn1.bias", "bn1.running_mean", "bn1.running_var"):
+        assert torch.equal(after[key], tv[key]), key
+    assert torch.equal(after["relu.weight"], pre["relu.weight"])  # the PReLU keeps its initialisation
+    assert all(k.startswith(("relu", "styles")) for k in result.missing_keys)
     with pytest.raises(ValueError, match="ReStyle ResNet-34"):
         init_encoder(GradualStyleEncoder(18, "ir_se", n_styles=2, input_size=64, head_channels=32),
                      "resnet34_imagenet", path)

@@ -14,6 +14,7 @@ are simulated in-process by monkeypatching ``os.open`` / ``os.mkdir`` / ``os.rep
 ``OSError(errno.X)`` for paths under the chosen folder, which is what the kernel would do.
 """
 import csv
+import dataclasses
 import errno
 import fcntl
 import os
@@ -31,11 +32,13 @@ from conftest import compose_config
 
 from ganinv import inversion
 from ganinv.checkpoints import load_generator, save_atomic
+from ganinv.data import align
 from ganinv.data.folder import image_keys, walk_images
 from ganinv.data.images import load_image, save_image
+from ganinv.invert import inputs, run, settings
 from ganinv.nets.idinvert_encoder import IDInvertEncoder
 from ganinv.nets.stylegan2 import Generator
-from ganinv.outputs import COLUMNS, read_metrics
+from ganinv.outputs import COLUMNS, is_output_folder, read_metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["generator=checkpoint", "generator.path=g.pt", "inversion.steps=2", "inversion.n_mean_latent=100",
@@ -143,7 +146,7 @@ def test_keys_are_unique_and_independent_of_listing_order(rels, expected):
 # -- the walk: symlinks once, excluded outputs, undecodable names -----------------------------------
 def test_walk_follows_links_once_and_reports_the_rest(workdir):
     h = workdir / "hostile"
-    found = walk_images(h, exclude=[h / "out"], is_excluded=inversion.is_output_folder)
+    found = walk_images(h, exclude=[h / "out"], is_excluded=is_output_folder)
     rels = [p.relative_to(h).as_posix() for p in found.paths]
     assert rels == ["corrupt.png", "linked/face2.png", "real/face.png", "x.jpg", "x.png", "x_png.png"]
     assert len(found.problems) == 2
@@ -215,7 +218,7 @@ def _config(workdir, out, *extra, source="two", generator=True):
 
 def _fail_alignment(monkeypatch):
     """align=true without dlib: landmarks are made up, and b.png has no face."""
-    monkeypatch.setattr(inversion, "_dlib_models", lambda: None)
+    monkeypatch.setattr(align, "dlib_models", lambda: None)
 
     def landmarks(image, name):
         if name.endswith("b.png"):
@@ -223,32 +226,32 @@ def _fail_alignment(monkeypatch):
         lm = np.zeros((68, 2))
         lm[36:42], lm[42:48], lm[48], lm[54] = (11, 12), (21, 12), (13, 22), (19, 22)
         return lm
-    monkeypatch.setattr(inversion, "face_landmarks", landmarks)
+    monkeypatch.setattr(align, "face_landmarks", landmarks)
     return ["align=true"], "b.png: no face found for alignment"
 
 
 def _diverge(monkeypatch):
     """b's latent becomes NaN inside the batch: it alone is reported and not written."""
-    invert = inversion.InversionRun.invert
+    invert = run.InversionRun.invert
 
     def diverging(self, x, keys, name):
-        main, ws, images, *rest = invert(self, x, keys, name)
-        ws, images = ws.clone(), images.clone()
+        result = invert(self, x, keys, name)
+        ws = result.latents.clone()
         ws[keys.index("b")] = float("nan")
-        return (main, ws, images, *rest)
-    monkeypatch.setattr(inversion.InversionRun, "invert", diverging)
+        return dataclasses.replace(result, latents=ws)
+    monkeypatch.setattr(run.InversionRun, "invert", diverging)
     return [], None
 
 
 def _plugin_crash(monkeypatch):
     """An image plugin raising something other than the usual OSError/ValueError for b.png."""
-    load = inversion.load_image
+    load = inputs.load_image
 
     def crashing(path, size=None):
         if str(path).endswith("b.png"):
             raise IndexError("list index out of range")
         return load(path, size)
-    monkeypatch.setattr(inversion, "load_image", crashing)
+    monkeypatch.setattr(inputs, "load_image", crashing)
     return [], "b.png: IndexError: list index out of range"
 
 
@@ -555,7 +558,7 @@ CONFIG_CASES = [  # (id, overrides, the one line)
 def test_bad_values_are_one_line_naming_the_key(encoders, overrides, message):
     out = encoders / "cfg" / overrides[0].split("=")[0]
     line = one_error_line(run_invert("input=two", f"output={out}", *FAST, *overrides, cwd=encoders))
-    # seed's type is also checked by ganinv.cli before inversion.check_config runs: either line names it
+    # seed's type is also checked by ganinv.cli before settings.check_config runs: either line names it
     assert line == message if message.startswith("invert.py: ") else all(w in line for w in message.split()), line
     assert not (out / "metrics.csv").exists()
 
@@ -567,11 +570,11 @@ def test_device_cuda_without_a_gpu_names_the_key(tmp_path, monkeypatch):
         cfg = compose_config("invert", ["input=x", "output=y", f"device={device}"], tmp_path)
         with pytest.raises(ValueError, match=rf"^device={device}: no CUDA GPU is available here "
                                              r"\(torch.cuda.is_available\(\) is False\); use device=cpu"):
-            inversion.check_config(cfg)
+            settings.check_config(cfg)
     monkeypatch.setattr(torch.backends.mps, "is_available", lambda: False)
     cfg = compose_config("invert", ["input=x", "output=y", "device=mps"], tmp_path)
     with pytest.raises(ValueError, match=r"^device=mps: Apple's MPS backend is not available here"):
-        inversion.check_config(cfg)
+        settings.check_config(cfg)
 
 
 def test_init_encoder_honours_the_generator_the_user_gave(encoders, tmp_path):
@@ -579,7 +582,7 @@ def test_init_encoder_honours_the_generator_the_user_gave(encoders, tmp_path):
     generator, not the decoder inside the encoder file; with the default generator (none chosen)
     the encoder's own decoder is used."""
     tuned, own = load_generator(encoders / "tuned.pt"), load_generator(encoders / "g.pt")
-    common = ["init=encoder", f"inversion_encoder={encoders / 'enc.pt'}", "inversion.latent_space=w+",
+    common = ["init=encoder", f"encoder={encoders / 'enc.pt'}", "inversion.latent_space=w+",
               "inversion.noise_init=const", "inversion.optimize_noise=false", "inversion.latent_noise=0"]
     cases = [("given", [f"generator.path={encoders / 'tuned.pt'}"], True, tuned, own),
              ("default", [], False, own, tuned)]

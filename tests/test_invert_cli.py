@@ -14,7 +14,9 @@ from PIL import Image
 
 from ganinv import inversion
 from ganinv.checkpoints import load_generator, save_atomic
+from ganinv.data import align
 from ganinv.data.images import load_image, save_image
+from ganinv.invert import inputs, settings
 from ganinv.losses.lpips import TRUNK_WEIGHTS
 from ganinv.losses.weights import torchvision_weights_file
 from ganinv.nets.idinvert_encoder import IDInvertEncoder
@@ -106,17 +108,17 @@ def test_a_bad_setting_is_one_line_and_exit_2(workdir):
 
 @pytest.mark.parametrize("overrides, error, message", [
     (["batch_size=0"], ValueError, "batch_size=0: expected an integer >= 1"),
-    (["inversion=pti"], ValueError, "inversion= must name an optimisation preset"),
+    (["inversion._target_=ganinv.methods.pti.PTI"], ValueError, "inversion= must name an optimisation preset"),
     (["init=middle"], ValueError, "init=middle: expected mean, random or encoder"),
     (["init=encoder"], ValueError, "method=optimize init=encoder needs encoder=PATH"),
-    (["inversion_method=idinvert", "inversion_encoder=nowhere.pt"], FileNotFoundError,
+    (["method=idinvert", "encoder=nowhere.pt"], FileNotFoundError,
      "encoder=nowhere.pt: no such file"),
     (["refine=ptii"], ValueError, "refine=ptii: expected pti"),
     (["device=tpu"], ValueError, "device=tpu: expected one of auto, cpu, cuda, gpu, mps"),
     (["seed=abc"], ValueError, r"seed=abc: expected an integer in \[0, 2\^32\)"),
     (["seed=-1"], ValueError, r"seed=-1: expected an integer in \[0, 2\^32\)"),
     (["inversion.n_mean_latent=0"], ValueError, "inversion.n_mean_latent=0: expected an integer >= 1"),
-    (["inversion_method=idinvert", "inversion_encoder=g.pt", "idinvert.n_mean_latent=-5"], ValueError,
+    (["method=idinvert", "encoder=g.pt", "idinvert.n_mean_latent=-5"], ValueError,
      "idinvert.n_mean_latent=-5: expected an integer >= 1"),
 ])
 def test_bad_settings_name_the_field(tmp_path, monkeypatch, overrides, error, message):
@@ -124,7 +126,16 @@ def test_bad_settings_name_the_field(tmp_path, monkeypatch, overrides, error, me
     (tmp_path / "g.pt").write_bytes(b"")  # an existing encoder= file: only the setting is wrong
     cfg = compose_config("invert", ["input=x", "output=y", *overrides], tmp_path)
     with pytest.raises(error, match=message.replace("+", r"\+")):
-        inversion.check_config(cfg)
+        settings.check_config(cfg)
+
+
+def test_pti_is_a_refinement_not_an_inversion_preset(tmp_path):
+    from hydra.errors import MissingConfigException
+
+    with pytest.raises(MissingConfigException, match="Could not find 'inversion/pti'"):
+        compose_config("invert", ["input=x", "output=y", "inversion=pti"], tmp_path)
+    assert compose_config("invert", ["input=x", "output=y", "refine=pti"], tmp_path).pti._target_ == \
+        "ganinv.methods.pti.PTI"
 
 
 @pytest.fixture
@@ -148,7 +159,7 @@ def test_encoder_checkpoint_then_pti_and_idinvert_in_process(workdir, idinvert_c
 
     common = [f"input={workdir / 'photos'}", "logger=none", "grid_max=0", "metrics.lpips_net=alex"]
     out = workdir / "enc"
-    method = f"inversion_method={idinvert_checkpoint}"  # method=PATH on the command line
+    method = f"method={idinvert_checkpoint}"  # method=PATH on the command line
     cfg = compose_config("invert", [*common, f"output={out}", method, "refine=pti", "pti.steps=2",
                                     "refine_per_image=false", "batch_size=2"], out)
     summary = inversion.invert(cfg)
@@ -164,8 +175,8 @@ def test_encoder_checkpoint_then_pti_and_idinvert_in_process(workdir, idinvert_c
     assert generators == ["generators/faces/im0.batch.pt"] + ["generators/faces/im1.batch.pt"] * 2
 
     out = workdir / "idinvert"
-    cfg = compose_config("invert", [*common, f"output={out}", "inversion_method=idinvert",
-                                    f"inversion_encoder={idinvert_checkpoint}", "idinvert.steps=3",
+    cfg = compose_config("invert", [*common, f"output={out}", "method=idinvert",
+                                    f"encoder={idinvert_checkpoint}", "idinvert.steps=3",
                                     "idinvert.vgg.pretrained=false", "idinvert.n_mean_latent=200"], out)
     summary = inversion.invert(cfg)
     assert summary["inverted"] == 3
@@ -176,29 +187,29 @@ def test_encoder_checkpoint_then_pti_and_idinvert_in_process(workdir, idinvert_c
 def test_keys_are_relative_paths_and_disambiguated(tmp_path):
     for name in ("a.png", "a.jpg", "sub/b.png"):
         save_image(torch.zeros(3, 8, 8), tmp_path / name)
-    paths, keys = inversion.collect_inputs(tmp_path)
+    paths, keys = inputs.collect_inputs(tmp_path)
     assert dict(zip(keys, [p.relative_to(tmp_path).as_posix() for p in paths])) == {
         "a_jpg": "a.jpg", "a_png": "a.png", "sub/b": "sub/b.png"}
 
 
 def test_align_without_the_extra_says_how_to_install(monkeypatch):
-    inversion._dlib_models.cache_clear()
+    align.dlib_models.cache_clear()
     monkeypatch.setitem(sys.modules, "dlib", None)  # import dlib -> ImportError
     with pytest.raises(ImportError, match=r"pip install 'ganinv\[align\]'"):
-        inversion._dlib_models()
-    inversion._dlib_models.cache_clear()
+        align.dlib_models()
+    align.dlib_models.cache_clear()
 
 
 def test_ffhq_align_frames_the_face():
     lm = np.zeros((68, 2))
     lm[36:42], lm[42:48] = (40, 50), (80, 50)  # eyes
     lm[48], lm[54] = (50, 90), (70, 90)  # mouth corners
-    quad, qsize = inversion.ffhq_quad(lm)
+    quad, qsize = align.ffhq_quad(lm)
     # eye-to-eye 40, eye-to-mouth 40: side 2·max(2·40, 1.8·40) = 160, centred at eyes + 0.1·(0, 40)
     assert np.allclose(quad, [[-20, -26], [-20, 134], [140, 134], [140, -26]]) and qsize == 160
     img = np.zeros((200, 200, 3), np.uint8)
     img[44:65, 50:71] = 255  # a 21 px square centred on the crop centre (60, 54)
-    out = inversion.ffhq_align(Image.fromarray(img), lm, 64)  # the quad leaves the image: padded
+    out = align.ffhq_align(Image.fromarray(img), lm, 64)  # the quad leaves the image: padded
     assert out.size == (64, 64)
     arr = np.asarray(out).mean(2)
     ys, xs = np.nonzero(arr > 128)
@@ -268,4 +279,4 @@ def test_edits_write_one_strip_per_image_with_the_pti_generator(workdir, one_thr
 def test_a_bad_edit_spec_is_a_one_line_error(tmp_path):
     cfg = compose_config("invert", ["input=x", "output=y", "edit='sefa:first:-3,3'"], tmp_path)
     with pytest.raises(ValueError, match=r"edit spec 'sefa:first:-3,3': INDEX must be comma-separated numbers"):
-        inversion.check_config(cfg)
+        settings.check_config(cfg)

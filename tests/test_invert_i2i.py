@@ -27,7 +27,7 @@ from ganinv.data.folder import ImageDataModule, ImageFolder, PairedDataset
 from ganinv.data.images import load_image, save_image
 from ganinv.data.procedural import ProceduralFaces
 from ganinv.data.tasks import EdgeSketch, LuminanceLabels, OneHotLabels, SuperResolution
-from ganinv.inversion import InputTransform
+from ganinv.invert.inputs import InputTransform
 from ganinv.nets.psp_encoders import GradualStyleEncoder
 from ganinv.nets.stylegan2 import Generator
 from ganinv.runner import train

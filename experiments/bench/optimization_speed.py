@@ -28,10 +28,10 @@ from ganinv.methods.targets import w_statistics
 from ganinv.nets.stylegan2 import Generator
 
 PRESETS = {
-    # conf/inversion/projector.yaml (rosinality/NVIDIA projector)
+    # conf/invert/inversion/projector.yaml (rosinality/NVIDIA projector)
     "projector": dict(latent_space="w", schedule="projector", lr=0.1, latent_noise=0.05, noise_init="random",
                       optimize_noise=True, noise_regularize=1e5, mse_lambda=0.0, lpips_lambda=1.0),
-    # conf/inversion/image2stylegan.yaml
+    # conf/invert/inversion/image2stylegan.yaml
     "image2stylegan": dict(latent_space="w+", lr=0.01, mse_lambda=1.0, vgg_lambda=1.0),
 }
 

@@ -37,6 +37,7 @@ from ..nets.psp_encoders import (
     BackboneEncoderUsingLastLayerIntoWPlus,
     GradualStyleEncoder,
 )
+from ..nets.regression_encoder import RegressionEncoder, regression_encoder_kwargs
 from ..nets.restyle_encoders import (
     BackboneEncoder,
     ProgressiveBackboneEncoder,
@@ -52,7 +53,7 @@ PSP_TYPES = ("GradualStyleEncoder", "BackboneEncoderUsingLastLayerIntoW",
              "BackboneEncoderUsingLastLayerIntoWPlus")
 RESTYLE_TYPES = ("BackboneEncoder", "ResNetBackboneEncoder", "ResNetGradualStyleEncoder",
                  "ProgressiveBackboneEncoder", "ResNetProgressiveBackboneEncoder")
-SUPPORTED_TYPES = (*PSP_TYPES, "Encoder4Editing", *RESTYLE_TYPES, "IDInvertEncoder")
+SUPPORTED_TYPES = (*PSP_TYPES, "Encoder4Editing", *RESTYLE_TYPES, "IDInvertEncoder", "RegressionEncoder")
 OFFICIAL_INPUT_SIZE = (256, 256)  # pSp/e4e/ReStyle transforms: Resize((256, 256))
 CARS_INPUT_SIZE = (192, 256)  # their 'cars_encode' transforms: Resize((192, 256))
 RESTYLE_DEFAULT_ITERS = 5  # ReStyle's --n_iters_per_batch default
@@ -222,6 +223,9 @@ def _encoder_n_styles(kind, sd, g):
     if kind == "BackboneEncoderUsingLastLayerIntoWPlus":
         w = sd.get("linear.weight")
         return g.n_latent if w is None else w.shape[0] // g.style_dim
+    if kind == "RegressionEncoder":
+        kwargs = regression_encoder_kwargs(sd, g.style_dim)
+        return None if kwargs["learn_in_w"] else kwargs["n_styles"]
     if kind == "IDInvertEncoder":
         return 2 * count_indices(sd, r"block(\d+)\..*") - 2
     return count_indices(sd, r"styles\.(\d+)\..*")
@@ -232,19 +236,21 @@ def _encoder_factory(kind, sd, n_styles, input_nc, style_dim, name):
     num_layers, mode = _irse_arch(sd)
     irse = dict(num_layers=num_layers, mode=mode, input_nc=input_nc)
     input_size, head_channels = _fpn_heads(sd)
-    fpn = dict(n_styles=n_styles, input_size=input_size, head_channels=head_channels, **irse)
+    heads = dict(input_size=input_size, head_channels=head_channels)  # ReStyle's backbone heads read the same keys
+    fpn = dict(n_styles=n_styles, **heads, **irse)
     factories = {
         "GradualStyleEncoder": lambda: GradualStyleEncoder(**fpn),
         "BackboneEncoderUsingLastLayerIntoW": lambda: BackboneEncoderUsingLastLayerIntoW(**irse),
         "BackboneEncoderUsingLastLayerIntoWPlus": lambda: BackboneEncoderUsingLastLayerIntoWPlus(
             n_styles=n_styles, **irse),
         "Encoder4Editing": lambda: Encoder4Editing(**fpn),
-        "BackboneEncoder": lambda: BackboneEncoder(n_styles=n_styles, **irse),
-        "ProgressiveBackboneEncoder": lambda: ProgressiveBackboneEncoder(n_styles=n_styles, **irse),
-        "ResNetBackboneEncoder": lambda: ResNetBackboneEncoder(n_styles, input_nc),
-        "ResNetProgressiveBackboneEncoder": lambda: ResNetProgressiveBackboneEncoder(n_styles, input_nc),
+        "BackboneEncoder": lambda: BackboneEncoder(n_styles=n_styles, **irse, **heads),
+        "ProgressiveBackboneEncoder": lambda: ProgressiveBackboneEncoder(n_styles=n_styles, **irse, **heads),
+        "ResNetBackboneEncoder": lambda: ResNetBackboneEncoder(n_styles, input_nc, **heads),
+        "ResNetProgressiveBackboneEncoder": lambda: ResNetProgressiveBackboneEncoder(n_styles, input_nc, **heads),
         "ResNetGradualStyleEncoder": lambda: ResNetGradualStyleEncoder(n_styles, input_nc),
         "IDInvertEncoder": lambda: IDInvertEncoder(**_idinvert_kwargs(sd, style_dim, name)),
+        "RegressionEncoder": lambda: RegressionEncoder(**regression_encoder_kwargs(sd, style_dim)),
     }
     return factories[kind]
 
@@ -340,6 +346,8 @@ def _input_size(opts, encoder, g, override, name):
         return fixed
     if override is not None:
         return tuple(override)
+    if isinstance(encoder, RegressionEncoder):  # trained at opts image_size (official --image_size 256)
+        return (int(opts.get("image_size", encoder.input_size)),) * 2
     if opts.get("dataset_type") == "cars_encode":
         return CARS_INPUT_SIZE
     if isinstance(encoder, (GradualStyleEncoder, Encoder4Editing)):  # heads sized for it (256: official)

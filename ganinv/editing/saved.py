@@ -1,13 +1,14 @@
 """Edit an invert.py output folder's saved latents without inverting again.
 
-The folder (:mod:`ganinv.inversion`, :mod:`ganinv.outputs`) holds ``latents/<key>.pt`` (W+
+The folder (written by invert.py, its format :mod:`ganinv.outputs`) holds ``latents/<key>.pt`` (W+
 [n_latent, D]) and ``metrics.csv``, whose ``generator`` column names the PTI-tuned generator of an
 image (``generators/<key>.pt``) when the run refined. :func:`edit_saved` renders every edit the way
 invert.py's ``edit=`` does at inversion time (``InversionRun.render_edits``): the edit is built once
 with the base generator (SeFa factorises its weights), each image's codes are edited by
 :func:`~ganinv.editing.edits.edit_strip` and synthesised with constant noise by the generator the
 image was inverted into (its tuned one after PTI, else the base one), and the strip is written as
-``edits/<tag>/<key>.png``, one column per strength, under the same tag invert.py uses.
+``edits/<tag>/<key>.png``, one column per strength, under the same tag invert.py uses
+(:func:`edit_tag`).
 """
 from __future__ import annotations
 
@@ -17,14 +18,24 @@ import torch
 from torch import Tensor
 
 from ganinv.checkpoints import load_generator
-from ganinv.editing.edits import Edit, edit_strip
+from ganinv.editing.edits import Edit, edit_strip, parse_edit
 from ganinv.editing.labels import saved_latents
+from ganinv.outputs import Outputs, RunLock, read_metrics
+
+
+def edit_tag(spec) -> str:
+    """A run folder's name for an edit (``edits/<tag>/``): ``interfacegan_age``, ``ganspace_54_7_8``,
+    ``sefa_0``."""
+    s = parse_edit(spec)
+    if s.kind == "interfacegan":
+        return f"interfacegan_{Path(s.path).stem}"
+    if s.kind == "ganspace":
+        return f"ganspace_{s.index}_{s.start}_{s.end}"
+    return f"sefa_{s.index}"
 
 
 def image_generators(run, keys) -> dict[str, str | None]:
     """{key: the tuned generator's path relative to ``run`` (metrics.csv ``generator``), or None}."""
-    from ganinv.outputs import read_metrics
-
     rows, _ = read_metrics(Path(run) / "metrics.csv")
     return {k: (rows.get(k, {}).get("generator") or None) for k in keys}
 
@@ -37,9 +48,6 @@ def edit_saved(run, specs, generator, out=None, device="cpu", write=True) -> dic
 
     ``generator`` is the base generator the run inverted into (an invert.py run's ``generator=`` or
     its encoder's decoder)."""
-    from ganinv.inversion import edit_tag
-    from ganinv.outputs import Outputs, RunLock
-
     codes = saved_latents(run)
     tuned = image_generators(run, codes)
     generator = generator.to(device).eval()

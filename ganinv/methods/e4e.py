@@ -28,6 +28,7 @@ per rank.)
 Deliberate deviations from the official coach: the RNG streams above (same distributions,
 different draws), and ``global_step`` counts iterations although two optimizers step.
 """
+import functools
 import random
 
 import torch
@@ -85,7 +86,24 @@ class E4E(EncoderMethod):
         if hp.w_discriminator_lambda > 0:
             logs.update(self.discriminator_step(batch["x"], opt_d))
 
-        x, y, codes, y_hat = self.invert_batch(batch, noise_mode=hp.train_noise_mode)
+        y_hat, loss = self.encoder_step(batch, opt_e, functools.partial(self.encoder_loss, stage=stage, logs=logs))
+        self.log("train/loss", loss.detach(), prog_bar=True)
+        self.log_train(logs, batch["x"], batch["y"], y_hat)
+
+    def encoder_step(self, batch, opt_e, loss_fn):
+        """Forward, ``loss_fn(x, y, y_hat, codes) -> (loss, logs)``, backward and the one counted
+        optimizer step of the iteration -> (y_hat, loss). ReStyle overrides it with its passes."""
+        x, y, codes, y_hat = self.invert_batch(batch, noise_mode=self.hparams.train_noise_mode)
+        loss, _ = loss_fn(x, y, y_hat, codes)
+        opt_e.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_e.step()
+        return y_hat, loss
+
+    def encoder_loss(self, x, y, y_hat, codes, stage, logs):
+        """Step 2's encoder loss (adversarial, delta, reconstruction terms) -> (loss, logs); the
+        terms are logged into ``logs``."""
+        hp = self.hparams
         loss = y_hat.new_zeros(())
         if hp.w_discriminator_lambda > 0:
             self.latent_discriminator.requires_grad_(False)
@@ -99,12 +117,11 @@ class E4E(EncoderMethod):
             delta = deltas.sum()
             loss = loss + hp.delta_norm_lambda * delta
             logs["total_delta_loss"] = delta.detach()
-        loss, logs = self.reconstruction_loss(x, y, y_hat, codes, loss=loss, logs=logs)
-        opt_e.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt_e.step()  # the one counted step per iteration
-        self.log("train/loss", loss.detach(), prog_bar=True)
-        self.log_train(logs, x, y, y_hat)
+        return self.reconstruction_loss(x, y, y_hat, codes, loss=loss, logs=logs)
+
+    def fake_codes(self, x):
+        """What the latent D sees as fake: the enabled rows of ``encode(x)`` [B, rows, D]."""
+        return self.encode(x)[:, self.enabled_rows()]
 
     def discriminator_step(self, x, opt_d):
         hp = self.hparams
@@ -117,7 +134,7 @@ class E4E(EncoderMethod):
             else:
                 z = self.z_sampler(self, x.shape[0]).to(self.device)
             real_w = self.real_w_pool.query(self.generator.mapping(z))
-            fake_w = self.fake_w_pool.query(self.encode(x)[:, self.enabled_rows()])
+            fake_w = self.fake_w_pool.query(self.fake_codes(x))
             if fake_w.ndim == 3:  # pool disabled: official keeps row 0
                 fake_w = fake_w[:, 0]
         real_loss, fake_loss = d_logistic_terms(d(real_w), d(fake_w))

@@ -9,7 +9,13 @@ One module covers the optimisation family (images in [-1, 1], W+ as [B, n_latent
 - Image2StyleGAN (W+, Adam lr 0.01, MSE + VGG16 conv1_1/1_2/3_2/4_2 features) and
   Image2StyleGAN++ (``noise_steps``: a second phase that optimises only the noise maps with MSE);
 - hybrid inversion (``init='encoder'``) and IDInvert's domain-regularised optimisation
-  (``domain_lambda``: start at E(x), MSE + 5e-5·VGG conv4_3 + 2·mean((w − E(G(w)))²)).
+  (``domain_lambda``: start at E(x), MSE + 5e-5·VGG conv4_3 + 2·mean((w − E(G(w)))²));
+- per-pixel masks (``mask``: Image2StyleGAN++ masked W+ / noise embedding and inpainting, the
+  face mask of stylegan-encoder); crossover and local style transfer are
+  ``methods.image2stylegan_pp``;
+- pbaylies/stylegan-encoder encode_images.py: logcosh pixel loss, MS-SSIM, a discriminator term,
+  the L1 dlatent penalty, ``tile_dlatents``, the loss-plateau early stop and the staircase lr decay
+  (``schedule='exponential'``).
 
 Every image's loss is its own (per-image MSE / LPIPS / features / noise regulariser, summed over
 the batch) and Adam is elementwise, so inverting a batch equals inverting its images one by one;
@@ -25,13 +31,24 @@ import torch
 from torch import nn
 
 from ..distributed import step_seed
-from ..losses import noise_normalize_, noise_regularize, vgg_feature_loss
+from ..losses import g_nonsaturating_loss, noise_normalize_, noise_regularize
+from ..losses.masked import (
+    MSSSIM_BETAS,
+    apply_mask,
+    dlatent_l1,
+    logcosh_pixel_loss,
+    masked_mse,
+    masked_vgg_loss,
+    msssim_loss,
+    msssim_min_size,
+    resize_mask,
+)
 from .base import log_grid
 from .targets import TargetsModule, device_of, fit_to, w_statistics
 
 LATENT_SPACES = ("z", "w", "w+")
 INITS = ("mean", "random", "encoder")
-SCHEDULES = ("constant", "projector")
+SCHEDULES = ("constant", "projector", "exponential")
 NOISE_INITS = ("const", "random")
 
 
@@ -40,6 +57,13 @@ def projector_lr(t, lr, rampup=0.05, rampdown=0.25):
     lr · min(1, t/rampup) · (½ − ½·cos(π · min(1, (1 − t)/rampdown)))."""
     ramp = 0.5 - 0.5 * math.cos(math.pi * min(1.0, (1.0 - t) / rampdown)) if rampdown > 0 else 1.0
     return lr * ramp * (min(1.0, t / rampup) if rampup > 0 else 1.0)
+
+
+def exponential_lr(i, steps, lr, rate=0.9, every=0.04):
+    """stylegan-encoder's staircase decay at step i (0-based): lr · rate^⌊(i + 1) / (every · steps)⌋
+    (``tf.train.exponential_decay(staircase=True)`` of the incremented global step; the official
+    --decay_steps is ``every`` in percent of --iterations)."""
+    return lr * rate ** math.floor((i + 1) / (every * steps))
 
 
 def latent_noise_strength(t, w_std, noise=0.05, ramp=0.75):
@@ -70,8 +94,24 @@ class OptimizationInversion(TargetsModule):
       ``feature_resize`` are computed on images pooled to it.
     early_stop_lpips: freeze an image's latent (and noise) from the first step its LPIPS is at or
       below this value; the run stops when all are frozen. Needs ``lpips``.
+    mask: [N or 1, 1, h, w] in [0, 1], resized to the targets: the image terms (MSE, logcosh,
+      MS-SSIM, LPIPS, VGG, in both phases) compare M ⊙ G(w) with M ⊙ x, so masked-out pixels (M = 0)
+      give no gradient and are left to the generator (inpainting). ID, domain and D terms see the
+      whole image.
+    stylegan-encoder (pbaylies encode_images.py / encoder/perceptual_model.py; official defaults in
+      conf/invert/inversion/stylegan_encoder.yaml): logcosh_lambda·mean log cosh(127.5·(G(w) − x)),
+      msssim_lambda·(1 − MS-SSIM) (``msssim_betas`` one weight per scale), discriminator_lambda·
+      softplus(−D(G(w))) with a frozen ``discriminator`` (the official adds the raw mean D score:
+      deviation), l1_lambda·D·mean|w − w̄| (``dlatent_l1``); ``tile_dlatents`` optimises one w for
+      every layer (latent_space='w'); ``plateau_threshold`` / ``plateau_patience``: the official
+      early stop, per image: avg ← ½·avg + (L_prev − L), count steps with avg < threshold (reset
+      otherwise), freeze the image after the step where count > patience; ``schedule='exponential'``
+      is ``exponential_lr`` (``lr_decay_rate``, ``lr_decay_every`` fraction of ``steps``).
     keys: a name per image (logging, per-image seeds). w_stats: precomputed (w̄, σ_w).
     """
+
+    NOT_HPARAMS = ("generator", "targets", "encoder", "lpips", "vgg", "id_loss", "w_stats", "keys", "mask",
+                   "discriminator")
 
     def __init__(self, generator, targets, latent_space="w+", init="mean", encoder=None, steps=1000,
                  lr=0.01, betas=(0.9, 0.999), schedule="constant", lr_rampup=0.05, lr_rampdown=0.25,
@@ -79,22 +119,42 @@ class OptimizationInversion(TargetsModule):
                  noise_regularize=0.0, noise_steps=0, noise_lr=None, mse_lambda=1.0, lpips_lambda=0.0,
                  lpips=None, vgg_lambda=0.0, vgg=None, feature_resize=256, id_lambda=0.0, id_loss=None,
                  domain_lambda=0.0, early_stop_lpips=None, n_mean_latent=10000, w_stats=None, seed=0,
-                 keys=None, image_every=0, name="inversion"):
+                 keys=None, image_every=0, name="inversion", mask=None, logcosh_lambda=0.0,
+                 msssim_lambda=0.0, msssim_betas=MSSSIM_BETAS, discriminator_lambda=0.0, discriminator=None,
+                 l1_lambda=0.0, tile_dlatents=False, plateau_threshold=None, plateau_patience=10,
+                 lr_decay_rate=0.9, lr_decay_every=0.04):
+        if tile_dlatents:  # stylegan-encoder's tiled dlatents: one w for every layer
+            if latent_space == "z":
+                raise ValueError("tile_dlatents=true optimises one w; it cannot be combined with latent_space=z")
+            latent_space = "w"
         self._check_options(latent_space, init, encoder, steps, schedule, noise_init, optimize_noise,
                             noise_steps, lpips_lambda, lpips, vgg_lambda, vgg, id_lambda, id_loss,
                             domain_lambda, early_stop_lpips)
+        if discriminator_lambda and discriminator is None:
+            raise ValueError("discriminator_lambda > 0 needs a discriminator network")
+        if schedule == "exponential" and not (0 < lr_decay_rate and lr_decay_every * steps > 0):
+            raise ValueError(f"schedule=exponential needs lr_decay_rate > 0 and lr_decay_every > 0; got "
+                             f"{lr_decay_rate!r}, {lr_decay_every!r}")
+        if msssim_lambda and targets.shape[-1] < msssim_min_size(msssim_betas):
+            raise ValueError(f"msssim_lambda > 0 with {len(msssim_betas)} msssim_betas needs targets of at least "
+                             f"{msssim_min_size(msssim_betas)} px, got {targets.shape[-1]}: give fewer msssim_betas")
         super().__init__(generator.requires_grad_(False).eval(), targets, steps + noise_steps, keys)
-        self.save_hyperparameters(ignore=["generator", "targets", "encoder", "lpips", "vgg", "id_loss",
-                                          "w_stats", "keys"])
+        self.save_hyperparameters(ignore=list(self.NOT_HPARAMS))
         self.lpips, self.vgg, self.id_loss = lpips, vgg, id_loss
-        if isinstance(encoder, nn.Module):
-            encoder.requires_grad_(False).eval()
-        self.encoder = encoder
+        for net in (encoder, discriminator):
+            if isinstance(net, nn.Module):
+                net.requires_grad_(False).eval()
+        self.encoder, self.discriminator = encoder, discriminator
+        self.register_buffer("mask", None if mask is None else self.check_mask(mask, "mask"))
         w_mean, w_std = w_stats if w_stats is not None else w_statistics(generator, n_mean_latent)
         self.register_buffer("w_mean", w_mean.detach().float().to(self.targets.device).clone())
         self.w_std = float(w_std)
         self.register_buffer("done", torch.zeros(self.num_images, dtype=torch.bool))
         self.register_buffer("frozen_at", torch.full((self.num_images,), -1, dtype=torch.long))
+        # stylegan-encoder plateau state per image: previous loss, running average drop (nan = none yet)
+        self.register_buffer("plateau_prev", torch.full((self.num_images,), math.nan))
+        self.register_buffer("plateau_avg", torch.full((self.num_images,), math.nan))
+        self.register_buffer("plateau_count", torch.zeros(self.num_images, dtype=torch.long))
         # seeded by (run seed, image key): an image gets the same randomness in any batch
         self.rngs = [torch.Generator().manual_seed(step_seed(seed, k)) for k in self.keys]
         self.latent = nn.Parameter(self._initial_latent())
@@ -128,6 +188,21 @@ class OptimizationInversion(TargetsModule):
                                   (id_lambda, id_loss, "id_lambda > 0 needs an id_loss network")):
             if weight and net is None:
                 raise ValueError(what)
+
+    def check_mask(self, mask, name):
+        """A user mask [N or 1, 1, h, w] in [0, 1] -> float, resized to the targets' size."""
+        n = self.num_images
+        if not torch.is_tensor(mask) or mask.ndim != 4 or mask.shape[1] != 1 or mask.shape[0] not in (1, n):
+            shape = tuple(mask.shape) if torch.is_tensor(mask) else type(mask).__name__
+            raise ValueError(f"{name} must be a tensor [N or 1, 1, H, W] for {self.num_images} targets, got {shape}")
+        if mask.min() < 0 or mask.max() > 1:
+            raise ValueError(f"{name} values must lie in [0, 1], got [{mask.min().item():g}, {mask.max().item():g}]")
+        return resize_mask(mask.detach().float().to(self.targets.device), self.targets.shape[-2:]).clone()
+
+    @staticmethod
+    def rows_of(tensor, rows):
+        """Per-image tensor [N, ...] at ``rows``, or a shared one [1, ...] as is."""
+        return tensor if tensor.shape[0] == 1 else tensor[rows]
 
     # -- initialisation -----------------------------------------------------------------
     def _per_image_randn(self, shape, rows=None):
@@ -182,24 +257,48 @@ class OptimizationInversion(TargetsModule):
         size = self.hparams.feature_resize
         return fit_to(img, (size, size)) if size and img.shape[-1] > size else img
 
-    def image_losses(self, rows, img, ws, noise_phase):
-        """Per-image loss [n] (and LPIPS [n] or None) of images ``img`` made from ``ws``."""
+    def regions(self, rows):
+        """(target [n, 3, H, W], mask [n or 1, 1, H, W] or None) pairs whose image terms are summed."""
+        return [(self.targets[rows], None if self.mask is None else self.rows_of(self.mask, rows))]
+
+    def region_losses(self, rec, target, mask, noise_phase):
+        """Image terms [n] of reconstructions ``rec`` against one masked target, and LPIPS [n] or None."""
         hp = self.hparams
-        target = self.targets[rows]
-        rec = fit_to(img, target.shape[-2:])
-        mse = (rec - target).pow(2).mean((1, 2, 3))
-        loss = mse if noise_phase else hp.mse_lambda * mse
+        mse = masked_mse(rec, target, mask)
+        if noise_phase:  # Image2StyleGAN++: the noise phase fits (masked) MSE alone
+            loss = mse
+        else:
+            loss = hp.mse_lambda * mse
         lp = None
         if self.lpips is not None and (hp.lpips_lambda > 0 or hp.early_stop_lpips is not None):
             with torch.set_grad_enabled(torch.is_grad_enabled() and hp.lpips_lambda > 0 and not noise_phase):
-                lp = self.lpips(rec, target, per_image=True)
+                lp = self.lpips(apply_mask(rec, mask), apply_mask(target, mask), per_image=True)
         if noise_phase:
             return loss, lp
         if hp.lpips_lambda > 0:
             loss = loss + hp.lpips_lambda * lp
         if hp.vgg_lambda > 0:
-            feat = vgg_feature_loss(self.vgg, self.features(rec), self.features(target), per_image=True)
-            loss = loss + hp.vgg_lambda * feat
+            loss = loss + hp.vgg_lambda * masked_vgg_loss(self.vgg, self.features(rec), self.features(target), mask)
+        if hp.logcosh_lambda > 0:
+            loss = loss + hp.logcosh_lambda * logcosh_pixel_loss(rec, target, mask)
+        if hp.msssim_lambda > 0:
+            loss = loss + hp.msssim_lambda * msssim_loss(rec, target, mask, hp.msssim_betas)
+        return loss, lp
+
+    def image_losses(self, rows, img, ws, noise_phase):
+        """Per-image loss [n] (and LPIPS [n] or None) of images ``img`` made from ``ws``."""
+        hp = self.hparams
+        loss = lp = None
+        for target, mask in self.regions(rows):
+            rec = fit_to(img, target.shape[-2:])
+            terms, region_lp = self.region_losses(rec, target, mask, noise_phase)
+            loss = terms if loss is None else loss + terms
+            if region_lp is not None:
+                lp = region_lp if lp is None else lp + region_lp
+        if noise_phase:
+            return loss, lp
+        target = self.targets[rows]
+        rec = fit_to(img, target.shape[-2:])
         if hp.id_lambda > 0:
             with torch.no_grad():
                 target_id = self.id_loss.extract_feats(target)
@@ -210,6 +309,11 @@ class OptimizationInversion(TargetsModule):
             if torch.is_grad_enabled() and not codes.requires_grad:
                 raise ValueError("domain_lambda > 0 needs a differentiable encoder (its output has no grad)")
             loss = loss + hp.domain_lambda * (ws - codes).pow(2).mean((1, 2))
+        if hp.discriminator_lambda > 0:  # on the generator-resolution image, as the official
+            logits = self.discriminator(img).reshape(len(img), -1)
+            loss = loss + hp.discriminator_lambda * torch.stack([g_nonsaturating_loss(row) for row in logits])
+        if hp.l1_lambda > 0:
+            loss = loss + hp.l1_lambda * dlatent_l1(ws, self.w_mean)
         if hp.optimize_noise and hp.noise_regularize > 0:
             reg = noise_regularize([n[rows] for n in self.noises], per_image=True)
             loss = loss + hp.noise_regularize * reg
@@ -228,7 +332,12 @@ class OptimizationInversion(TargetsModule):
         if i >= hp.steps:  # Image2StyleGAN++ noise phase
             return 0.0, hp.lr if hp.noise_lr is None else hp.noise_lr, 0.0
         t = i / hp.steps
-        lr = projector_lr(t, hp.lr, hp.lr_rampup, hp.lr_rampdown) if hp.schedule == "projector" else hp.lr
+        if hp.schedule == "projector":
+            lr = projector_lr(t, hp.lr, hp.lr_rampup, hp.lr_rampdown)
+        elif hp.schedule == "exponential":
+            lr = exponential_lr(i, hp.steps, hp.lr, hp.lr_decay_rate, hp.lr_decay_every)
+        else:
+            lr = hp.lr
         strength = latent_noise_strength(t, self.w_std, hp.latent_noise, hp.latent_noise_ramp)
         return lr, lr if hp.optimize_noise else 0.0, strength
 
@@ -256,7 +365,9 @@ class OptimizationInversion(TargetsModule):
             newly = (self.gather(rows, lp) <= hp.early_stop_lpips) & ~self.done
             self.frozen_at[newly] = i
             self.done |= newly
-        self.log_curves("loss", self.gather(rows, losses))
+        full = self.gather(rows, losses)
+        plateaued = self.plateau_step(full) & ~self.done if hp.plateau_threshold is not None else None
+        self.log_curves("loss", full)
         self.log("lr", lr, on_step=True, on_epoch=False, batch_size=1)
         if hp.image_every and i % hp.image_every == 0 and img is not None:
             rec = fit_to(img, self.targets.shape[-2:])
@@ -276,6 +387,23 @@ class OptimizationInversion(TargetsModule):
             with torch.no_grad():
                 for p, k in zip(self.parameters_per_image(), kept):
                     p[frozen] = k
+        if plateaued is not None:  # stylegan-encoder breaks after this step's update
+            self.frozen_at[plateaued] = i
+            self.done |= plateaued
+
+    @torch.no_grad()
+    def plateau_step(self, loss):
+        """stylegan-encoder's early-stopping update with this step's loss [N] -> which images are done."""
+        hp = self.hparams
+        prev, avg = self.plateau_prev, self.plateau_avg
+        started = ~torch.isnan(avg)
+        drop = prev - loss
+        self.plateau_avg = torch.where(started, 0.5 * avg + drop, drop)  # nan until a previous loss exists
+        below = self.plateau_avg < hp.plateau_threshold
+        self.plateau_count = torch.where(started & below, self.plateau_count + 1,
+                                         torch.where(started, 0, self.plateau_count))
+        self.plateau_prev = loss.detach().clone()
+        return self.plateau_count > hp.plateau_patience
 
     # -- results ------------------------------------------------------------------------
     @torch.no_grad()

@@ -11,13 +11,18 @@ encoder before training.
   Needs a 50-layer IR-SE trunk (the official encoders).
 - ``resnet34_imagenet``: ReStyle's ResNet-34 encoders (``models/encoders/restyle_*``:
   ``resnet34(pretrained=True)``): the 16 BasicBlocks of torchvision's ImageNet ResNet-34
-  (``layer1..layer4``) become ``body.0..15``; the new stem (``conv1`` for input_nc channels,
-  ``bn1``, PReLU) keeps its initialisation, as the official builds it fresh. The weights file
-  is torchvision's, read from the torch hub cache (never downloaded).
+  (``layer1..layer4``) become ``body.0..15``. The stem is copied too, as ReStyle's
+  ``models/psp.py`` ``__get_encoder_checkpoint`` does (it loads the unmapped torchvision file
+  with ``strict=False``, so exactly ``conv1.weight`` and ``bn1.*`` match by name): ``conv1``'s
+  ImageNet RGB filters fill input channels 0-2, ``torch.randn`` the rest (input_nc 6: the
+  previous output), and ``bn1`` is ImageNet's; the PReLU keeps its initialisation. The weights
+  file is torchvision's, read from the torch hub cache (never downloaded).
 - ``none``: keep the initialisation (the embedded IR-SE18 default, tests).
 
 A missing weights file fails with one line naming the file and where it goes.
 """
+import torch
+
 from ..checkpoints.safe import load_torch
 from ..losses.id_loss import IR_SE50_HINT
 from ..losses.weights import torchvision_weights_file
@@ -37,6 +42,21 @@ def resnet34_body_state(torchvision_sd):
             block, _, name = rest.partition(".")
             out[f"body.{starts[int(head[5:]) - 1] + int(block)}.{name}"] = value
     return out
+
+
+def resnet34_stem_state(torchvision_sd, encoder):
+    """ReStyle's stem from torchvision's ResNet-34: ``bn1.*`` as is, ``conv1.weight`` [64, 3, 7, 7]
+    widened to the encoder's input channels with ``torch.randn`` beyond the first 3 (official)."""
+    stem = {k: v for k, v in torchvision_sd.items() if k.startswith("bn1.")}
+    rgb = torchvision_sd["conv1.weight"]
+    input_nc = encoder.conv1.weight.shape[1]
+    if input_nc == rgb.shape[1]:
+        stem["conv1.weight"] = rgb
+        return stem
+    wide = torch.randn(rgb.shape[0], input_nc, *rgb.shape[2:], dtype=rgb.dtype)
+    wide[:, :3] = rgb
+    stem["conv1.weight"] = wide
+    return stem
 
 
 def init_encoder(encoder, init="none", weights_path=None, label_nc=0):
@@ -75,5 +95,5 @@ def init_encoder(encoder, init="none", weights_path=None, label_nc=0):
                    and not k.endswith("num_batches_tracked")]
         if missing:
             raise ValueError(f"{weights_path}: not a torchvision ResNet-34 state dict (no entry for {missing[0]!r})")
-        return encoder.load_state_dict(body, strict=False)
+        return encoder.load_state_dict({**body, **resnet34_stem_state(state, encoder)}, strict=False)
     raise ValueError(f"encoder.init must be one of {ENCODER_INITS}, got {init!r}")

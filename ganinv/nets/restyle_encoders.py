@@ -11,6 +11,12 @@ flattened, no max pool). Names follow the official modules, so ReStyle checkpoin
 
 All inputs are [B, input_nc, H, W] in [-1, 1] with H, W in [16, 256] (ReStyle feeds 256x256);
 outputs are [B, n_styles, 512] offsets (latent_avg or previous codes not added).
+
+The backbone encoders take ``input_size`` and ``head_channels`` as pSp's FPN encoders do: the
+heads' log2(input_size/16) stride-2 convs bring the last map to 1x1 and are ``head_channels``
+wide. The defaults (256, 512) are the official ``GradualStyleBlock(512, 512, 16)``; smaller
+values make small trainable encoders (tests, the embedded 64 px default, see
+``conf/method/restyle_psp.yaml``).
 """
 import torch
 from torch import nn
@@ -53,12 +59,21 @@ class _SingleMapHeads(ProgressiveStage, nn.Module):
     [0, n_styles-1] or ``'all'`` (official ``ProgressiveStage.Inference``, set after loading).
     """
 
-    def _make_heads(self, n_styles, progressive):
+    def _make_heads(self, n_styles, progressive, input_size=256, head_channels=512):
         _check_n_styles(n_styles)
+        if input_size < 16 or input_size & (input_size - 1):
+            raise ValueError(f"encoder input_size must be a power of two >= 16, got {input_size}")
         self.style_count = n_styles
         self.progressive = progressive
-        self.styles = nn.ModuleList(GradualStyleBlock(512, 512, 16) for _ in range(n_styles))
+        self.input_size, self.head_channels = input_size, head_channels
+        self.styles = nn.ModuleList(GradualStyleBlock(512, 512, input_size // 16, hidden=head_channels)
+                                    for _ in range(n_styles))
         self._progressive_stage = "all"
+
+    @property
+    def n_deltas(self):
+        """Rows after row 0 that receive a delta at the current stage (e4e's progressive scheme)."""
+        return self.style_count - 1 if self._progressive_stage == "all" else self._progressive_stage
 
     def forward(self, x):
         _check_input(self, x)
@@ -66,8 +81,7 @@ class _SingleMapHeads(ProgressiveStage, nn.Module):
         if not self.progressive:
             return torch.stack([style(feat) for style in self.styles], dim=1)
         w0 = self.styles[0](feat)
-        last = self.style_count - 1 if self._progressive_stage == "all" else self._progressive_stage
-        rows = [w0] + [w0 + self.styles[i](feat) for i in range(1, last + 1)]
+        rows = [w0] + [w0 + self.styles[i](feat) for i in range(1, self.n_deltas + 1)]
         rows += [w0] * (self.style_count - len(rows))
         return torch.stack(rows, dim=1)
 
@@ -76,12 +90,13 @@ class BackboneEncoder(_SingleMapHeads):
     """ReStyle-pSp ``BackboneEncoder``: IR-SE trunk, every style from the last map.
     [B, input_nc, H, W] -> [B, n_styles, 512]."""
 
-    def __init__(self, num_layers=50, mode="ir_se", n_styles=18, input_nc=6, progressive=False):
+    def __init__(self, num_layers=50, mode="ir_se", n_styles=18, input_nc=6, progressive=False,
+                 input_size=256, head_channels=512):
         super().__init__()
-        self.input_nc = input_nc
+        self.input_nc, self.num_layers, self.mode = input_nc, num_layers, mode
         self.input_layer = make_input_layer(input_nc)
         self.body, _ = make_body(num_layers, mode)
-        self._make_heads(n_styles, progressive)
+        self._make_heads(n_styles, progressive, input_size, head_channels)
 
     def trunk(self, x):
         return self.body(self.input_layer(x))
@@ -90,8 +105,8 @@ class BackboneEncoder(_SingleMapHeads):
 class ProgressiveBackboneEncoder(BackboneEncoder):
     """ReStyle-e4e ``ProgressiveBackboneEncoder``: BackboneEncoder with e4e's w0 + deltas."""
 
-    def __init__(self, num_layers=50, mode="ir_se", n_styles=18, input_nc=6):
-        super().__init__(num_layers, mode, n_styles, input_nc, progressive=True)
+    def __init__(self, num_layers=50, mode="ir_se", n_styles=18, input_nc=6, input_size=256, head_channels=512):
+        super().__init__(num_layers, mode, n_styles, input_nc, True, input_size, head_channels)
 
 
 class _ResNet34Trunk(nn.Module):
@@ -109,12 +124,15 @@ class _ResNet34Trunk(nn.Module):
 
 
 class ResNetBackboneEncoder(_ResNet34Trunk, _SingleMapHeads):
-    """ReStyle-pSp ``ResNetBackboneEncoder``: ResNet-34 trunk, every style from the last map."""
+    """ReStyle-pSp ``ResNetBackboneEncoder``: ResNet-34 trunk, every style from the last map.
+    ``num_layers`` / ``mode`` are taken so that one config builds every ReStyle encoder
+    (``conf/method/restyle_psp.yaml``) and unused (the trunk is always ResNet-34)."""
 
-    def __init__(self, n_styles=18, input_nc=6, progressive=False):
+    def __init__(self, n_styles=18, input_nc=6, progressive=False, input_size=256, head_channels=512,
+                 num_layers=None, mode=None):
         super().__init__()
         self._make_trunk(input_nc)
-        self._make_heads(n_styles, progressive)
+        self._make_heads(n_styles, progressive, input_size, head_channels)
 
     def trunk(self, x):
         return self.body(self.stem(x))
@@ -123,8 +141,8 @@ class ResNetBackboneEncoder(_ResNet34Trunk, _SingleMapHeads):
 class ResNetProgressiveBackboneEncoder(ResNetBackboneEncoder):
     """ReStyle-e4e ``ResNetProgressiveBackboneEncoder``: ResNet-34 trunk with w0 + deltas."""
 
-    def __init__(self, n_styles=18, input_nc=6):
-        super().__init__(n_styles, input_nc, progressive=True)
+    def __init__(self, n_styles=18, input_nc=6, input_size=256, head_channels=512, num_layers=None, mode=None):
+        super().__init__(n_styles, input_nc, True, input_size, head_channels)
 
 
 class ResNetGradualStyleEncoder(_ResNet34Trunk):

@@ -99,22 +99,7 @@ def trainer_for(spec, callbacks, root):
 
 
 def compose_train(overrides, output_dir):
-    """The train.py config for ``overrides``, composed as the CLI does (run dir ``output_dir``).
-    The same steps as ``tests/conftest.compose_config``; both go once ganinv.config has a compose()."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from hydra.core.hydra_config import HydraConfig
-    from omegaconf import open_dict
+    """The train.py config for ``overrides``, composed as the CLI does (run dir ``output_dir``)."""
+    from ganinv.config import compose
 
-    from ganinv.config import register_resolvers
-
-    register_resolvers()
-    GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=list(overrides), return_hydra_config=True)
-    with open_dict(cfg):
-        cfg.hydra.runtime.output_dir = str(output_dir)
-    HydraConfig.instance().set_config(cfg)
-    with open_dict(cfg):
-        del cfg.hydra
-    return cfg
+    return compose("train", overrides, output_dir)
