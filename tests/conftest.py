@@ -68,6 +68,32 @@ def compose_train(tmp_path):
     return _compose
 
 
+def noisy_generator(latent_avg=True):
+    """The optimisation tests' generator: 32 px, 64-d, seeded; noise strengths 0.3 (an untrained G's
+    are zero, so noise would not matter) and ``latent_avg`` the mean of 2000 mapped z when asked."""
+    from ganinv.methods.targets import w_statistics
+    from ganinv.nets.stylegan2 import Generator, NoiseInjection
+
+    torch.manual_seed(0)
+    gen = Generator(32, 64, n_mlp=2, channel_max=32).eval()
+    for m in gen.modules():
+        if isinstance(m, NoiseInjection):
+            m.weight.data.fill_(0.3)
+    if latent_avg:
+        gen.latent_avg = w_statistics(gen, 2000)[0]
+    return gen
+
+
+@pytest.fixture(scope="module")
+def module_one_thread():
+    """torch at 1 thread for a whole test module (usefixtures), restored after: many tiny convolutions
+    run ~10x faster on one thread when the second core is busy."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def one_thread():
     """torch at 1 thread for the test (sums in a fixed order), restored after."""

@@ -9,6 +9,7 @@ import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from conftest import noisy_generator
 from omegaconf import OmegaConf
 from torchmetrics.functional.image import multiscale_structural_similarity_index_measure
 
@@ -23,27 +24,17 @@ from ganinv.losses.masked import (
 )
 from ganinv.methods.optimization import OptimizationInversion, exponential_lr
 from ganinv.methods.targets import w_statistics
-from ganinv.nets.stylegan2 import Discriminator, Generator, NoiseInjection
+from ganinv.nets.stylegan2 import Discriminator
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "invert" / "inversion"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 @pytest.fixture(scope="module")
 def g():
-    torch.manual_seed(0)
-    gen = Generator(32, 64, n_mlp=2, channel_max=32).eval()
-    for m in gen.modules():
-        if isinstance(m, NoiseInjection):
-            m.weight.data.fill_(0.3)
-    return gen
+    return noisy_generator(latent_avg=False)
 
 
 @pytest.fixture(scope="module")

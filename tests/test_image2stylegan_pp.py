@@ -5,6 +5,7 @@ are the ground truth.
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import noisy_generator
 from PIL import Image
 
 from ganinv.data.masks import load_mask
@@ -27,25 +28,14 @@ from ganinv.methods.image2stylegan_pp import (
 )
 from ganinv.methods.optimization import OptimizationInversion
 from ganinv.methods.targets import w_statistics
-from ganinv.nets.stylegan2 import Generator, NoiseInjection
+from ganinv.nets.stylegan2 import Generator
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 @pytest.fixture(scope="module")
 def g():
-    torch.manual_seed(0)
-    gen = Generator(32, 64, n_mlp=2, channel_max=32).eval()
-    for m in gen.modules():
-        if isinstance(m, NoiseInjection):
-            m.weight.data.fill_(0.3)  # untrained G has zero noise strength; make noise matter
-    return gen
+    return noisy_generator(latent_avg=False)
 
 
 @pytest.fixture(scope="module")

@@ -36,14 +36,7 @@ def _release_memory():
     gc.collect()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # These are many tiny convolutions: with the second core busy (shared CI machines), two
-    # OpenMP threads spin-wait on each other and run them ~40x slower than one thread.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -7,7 +7,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
-from conftest import compose_config
+from conftest import compose_config, noisy_generator
 from torch.utils.data import DataLoader
 from torchvision.models.resnet import BasicBlock, ResNet
 
@@ -18,27 +18,14 @@ from ganinv.methods.latent_regression import LatentRegression, log_cosh, pair_in
 from ganinv.methods.optimization import OptimizationInversion
 from ganinv.methods.targets import w_statistics
 from ganinv.nets.regression_encoder import RegressionEncoder, regression_encoder_kwargs, tree_shape
-from ganinv.nets.stylegan2 import Generator, NoiseInjection
 from ganinv.runner import train
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 @pytest.fixture(scope="module")
 def g():
-    torch.manual_seed(0)
-    gen = Generator(32, 64, n_mlp=2, channel_max=32).eval()
-    for m in gen.modules():
-        if isinstance(m, NoiseInjection):
-            m.weight.data.fill_(0.3)  # untrained G has zero noise strength; make noise matter
-    gen.latent_avg = w_statistics(gen, 2000)[0]
-    return gen
+    return noisy_generator(latent_avg=True)
 
 
 def regression(g, **kw):

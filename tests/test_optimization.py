@@ -9,6 +9,7 @@ import math
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import noisy_generator
 
 from ganinv.checkpoints import load_generator
 from ganinv.checkpoints.stylegan import save_generator
@@ -22,27 +23,13 @@ from ganinv.methods.optimization import (
 from ganinv.methods.pti import PTI
 from ganinv.methods.targets import w_statistics
 from ganinv.nets.idinvert_encoder import IDInvertEncoder
-from ganinv.nets.stylegan2 import Generator, NoiseInjection
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # two shared cores: one intra-op thread avoids oversubscription (10x faster here)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("module_one_thread")
 
 
 @pytest.fixture(scope="module")
 def g():
-    torch.manual_seed(0)
-    gen = Generator(32, 64, n_mlp=2, channel_max=32).eval()
-    for m in gen.modules():
-        if isinstance(m, NoiseInjection):
-            m.weight.data.fill_(0.3)  # untrained G has zero noise strength; make noise matter
-    gen.latent_avg = w_statistics(gen, 2000)[0]
-    return gen
+    return noisy_generator(latent_avg=True)
 
 
 @pytest.fixture(scope="module")
