@@ -309,15 +309,23 @@ def _grid(images: Tensor, nrow: int) -> Tensor:
     return images.permute(2, 0, 3, 1, 4).reshape(c, rows * h, nrow * w)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Write a grid of procedural faces.")
-    parser.add_argument("--grid", required=True, help="output PNG path")
+def main(argv: list | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Write procedural faces: a grid PNG and/or one PNG per face.")
+    parser.add_argument("--grid", help="output PNG path of a grid")
+    parser.add_argument("--folder", help="output folder of face_<i>.png (an input folder for invert.py)")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--n", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    data = ProceduralFaces(args.n, args.size, args.seed)
-    save_image(_grid(torch.stack([data[i][0] for i in range(args.n)]), int(math.sqrt(args.n))), args.grid)
+    parser.add_argument("--split", default="train", help="train | val | test: the dataset's disjoint seed streams")
+    args = parser.parse_args(argv)
+    if not (args.grid or args.folder):
+        parser.error("give --grid PATH and/or --folder DIR")
+    data = ProceduralFaces(args.n, args.size, args.seed, split=args.split)
+    faces = [data[i][0] for i in range(args.n)]
+    if args.grid:
+        save_image(_grid(torch.stack(faces), int(math.sqrt(args.n))), args.grid)
+    for i, face in enumerate(faces if args.folder else []):
+        save_image(face, f"{args.folder}/face_{i:03d}.png")
 
 
 if __name__ == "__main__":
