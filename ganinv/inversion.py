@@ -97,17 +97,23 @@ def invert(cfg):
             failed = tally.errors + [f"{key}: the inversion diverged (non-finite latent or image), nothing written"
                                      for key in tally.diverged]
             raise ValueError(f"input={cfg.input}: no image could be inverted: {'; '.join(failed)}")
-        if cfg.get("blend") is not None:
-            blended = write_blends(cfg, run.generator, outputs, inputs.keys, run.device)
-            log.info(f"Wrote {blended} activation blends with {cfg.blend['with']} to blend/")
-        shown = 0
-        if cfg.grid_max:
-            log.info(f"Writing grid.png (at most {cfg.grid_max} images)")
-            size = run.transform.size if run.transform is not None else run.size
-            shown = write_grid(outputs, inputs, size, cfg.grid_max, cfg.align, run.transform)
-        page = write_index(outputs.root, inputs=dict(zip(inputs.keys, inputs.paths)))
-        log.info(f"Wrote {page} (every image, its outputs, metrics.csv and the loss curves)")
+        shown = write_run_files(cfg, run, outputs, inputs)
         return summarize(cfg, inputs, outputs, tally, skipped, metrics, shown)
+
+
+def write_run_files(cfg, run, outputs, inputs):
+    """The run's own files after every image: blends (blend=), grid.png, index.html -> images in the grid."""
+    if cfg.get("blend") is not None:
+        blended = write_blends(cfg, run.generator, outputs, inputs.keys, run.device)
+        log.info(f"Wrote {blended} activation blends with {cfg.blend['with']} to blend/")
+    shown = 0
+    if cfg.grid_max:
+        log.info(f"Writing grid.png (at most {cfg.grid_max} images)")
+        size = run.transform.size if run.transform is not None else run.size
+        shown = write_grid(outputs, inputs, size, cfg.grid_max, cfg.align, run.transform)
+    page = write_index(outputs.root, inputs=dict(zip(inputs.keys, inputs.paths)))
+    log.info(f"Wrote {page} (every image, its outputs, metrics.csv and the loss curves)")
+    return shown
 
 
 def invert_batches(cfg, run, outputs, todo, metrics, tally, rank_zero):
