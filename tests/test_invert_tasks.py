@@ -123,6 +123,7 @@ def restyle_export(compose_train, tmp_path):
     return tmp_path / "restyle.pt"
 
 
+@pytest.mark.slow  # 20-35 s of subprocess runs; CI runs it in make test-slow
 def test_save_steps_and_bootstrap(workdir, restyle_export):
     common = ["input=photos", f"method={restyle_export}", "logger=none", "grid_max=0", "save_steps=true"]
     done = run_invert("output=steps", *common, cwd=workdir)
@@ -149,6 +150,7 @@ def test_save_steps_and_bootstrap(workdir, restyle_export):
         "not method=optimize"]
 
 
+@pytest.mark.slow  # 20-35 s of subprocess runs; CI runs it in make test-slow
 def test_alae_export_inverts_as_method_path(workdir):
     """A tiny StyleALAE export (32 px: layer_count 4) as method=PATH: x -> E(x) -> G, one w per image
     broadcast to the 2·layer_count style inputs."""
@@ -182,6 +184,7 @@ def first_loss(result):
     return float(re.search(r"batch_00000: step 1/\d+ loss ([0-9.e+-]+)", result.stdout + result.stderr).group(1))
 
 
+@pytest.mark.slow  # 20-35 s of subprocess runs; CI runs it in make test-slow
 def test_stylegan_encoder_discriminator_term_uses_the_generators_d(workdir):
     """inversion.discriminator_lambda > 0 loads the embedded generator file's D: the first step's loss
     grows by 0.5·softplus(−D(G(w))) > 0 over the same seeded run without it."""
