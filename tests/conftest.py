@@ -1,12 +1,23 @@
 """Shared test helpers: conformance vectors (copied from shared/conformance) and tiny configs."""
 import importlib.util
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
 
 CONFORMANCE = Path(__file__).parent / "conformance"
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def run_invert(*overrides, cwd):
+    """invert.py in a subprocess (one torch thread), its output captured."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run([sys.executable, str(ROOT / "invert.py"), *overrides], capture_output=True,
+                          text=True, cwd=cwd, env=env, timeout=300)
 
 _spec = importlib.util.spec_from_file_location("conformance_fill", CONFORMANCE / "fill.py")
 fill = importlib.util.module_from_spec(_spec)

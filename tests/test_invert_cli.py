@@ -1,15 +1,13 @@
 """invert.py end to end (a tiny generator checkpoint, a folder with a corrupt file), its
 configuration errors, input keys and FFHQ alignment geometry."""
-import os
 import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config
+from conftest import compose_config, run_invert
 from PIL import Image
 
 from ganinv import inversion
@@ -24,12 +22,6 @@ from ganinv.nets.stylegan2 import Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ["faces/im0", "faces/im1", "im2"]
-
-
-def run_invert(*overrides, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "invert.py"), *overrides], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")

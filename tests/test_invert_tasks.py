@@ -1,15 +1,13 @@
 """invert.py's Image2StyleGAN++ tasks (ganinv.invert.tasks): inpainting composites, crossover, activation
 blending and mask errors, end to end on a tiny generator with few steps."""
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import run_invert
 from PIL import Image
 
 from ganinv.checkpoints import save_atomic
@@ -20,12 +18,6 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE = ["inversion.vgg_lambda=0", "inversion.vgg=null", "inversion.lr=0.05", "inversion.n_mean_latent=200",
         "generator=checkpoint", "generator.path=g.pt", "logger=none", "progress_every=0", "grid_max=0"]
 W_PLUS = ["inversion=image2stylegan", *BASE]
-
-
-def run_invert(*overrides, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "invert.py"), *overrides], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
 
 
 def save_mask(array, path):

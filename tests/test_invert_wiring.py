@@ -1,14 +1,12 @@
 """invert.py's progress lines, loss-curve PNGs and index.html (ganinv.progress, ganinv.report wired
 into ganinv.invert.run / ganinv.inversion), end to end on a tiny generator."""
-import os
 import re
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
+from conftest import run_invert
 from PIL import Image
 
 from ganinv.checkpoints import save_atomic
@@ -17,12 +15,6 @@ from ganinv.nets.stylegan2 import Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ["faces/im0", "im1", "im2"]
-
-
-def run_invert(*overrides, cwd):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, str(ROOT / "invert.py"), *overrides], capture_output=True,
-                          text=True, cwd=cwd, env=env, timeout=300)
 
 
 @pytest.fixture(scope="module")
