@@ -138,3 +138,25 @@ def test_recipe_end_to_end_tiny(tmp_path):
                                                                                     "e4e + PTI"]
     assert Image.open(out / "tradeoff.png").size == (900, 620)
     assert len(list((sweep / "wandb").glob("offline-run-*"))) == 4  # three jobs + the report
+
+
+def test_every_job_composes_and_own_generator_codes_are_not_scored():
+    """Every job of the full sweep composes with the embedded setting; the hybrid inverts with
+    stylegan-encoder's loss from its own regression export; ALAE's code columns are n/a (its W
+    is not the sweep generator's), and the report shows them so."""
+    import sweep
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(SWEEP / "conf"), version_base="1.3"):
+        cfgs = {j: compose(config_name="sweep", overrides=[f"job={j}"]) for j in sweep.JOBS}
+    assert [c.job.name for c in cfgs.values()] == list(sweep.JOBS)
+    hybrid = cfgs["hybrid"]
+    assert hybrid.job.train == "latent_regression"
+    assert "init=encoder" in hybrid.job.invert_args and "inversion=stylegan_encoder" in hybrid.job.invert_args
+    assert list(hybrid.setting.job_invert_args.hybrid) == list(hybrid.setting.job_invert_args.sge)
+    assert "inversion.vgg_lambda=0" in hybrid.setting.job_invert_args.hybrid
+    assert cfgs["restyle_e4e"].job.progressive.start == cfgs["e4e"].job.progressive.start
+    scores = sweep.code_scores(cfgs["alae"], None, [], None)
+    assert scores == dict.fromkeys(sweep.CODE_KEYS) and "latent_d_p_real" in scores
+    row = report.markdown([{**fake_result("alae", 0.1, 0.0, 0.0), **scores}], "sw", None)
+    assert "| alae | 0.1000 | 10.00 | 0.500 | n/a | n/a |" in row

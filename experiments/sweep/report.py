@@ -41,6 +41,11 @@ CLAIMS = [
     ("W+ optimisation is more faithful than every encoder", "ReStyle / e4e", "mse", "opt_wplus",
      ("psp", "e4e", "idinvert"), 1),
     ("PTI improves on its pivots' fidelity", "PTI", "mse", "e4e_pti", "e4e", 1),
+    ("ReStyle's passes reconstruct better than pSp's one pass", "ReStyle", "mse", "restyle_psp", "psp", 1),
+    ("ReStyle's passes reconstruct better than e4e's one pass", "ReStyle", "mse", "restyle_e4e", "e4e", 1),
+    ("ReStyle-e4e edits better than ReStyle-pSp", "ReStyle", "editability", "restyle_e4e", "restyle_psp", -1),
+    ("The learned initialisation makes the perceptual optimisation more faithful", "stylegan-encoder", "mse",
+     "hybrid", "sge", 1),
 ]
 COLUMNS = [("MSE ↓", "mse", "{:.4f}"), ("PSNR ↑", "psnr", "{:.2f}"), ("SSIM ↑", "ssim", "{:.3f}"),
            ("LPIPS ↓", "lpips", "{:.3f}"), ("editability ↑", "editability", "{:.3f}"),
@@ -135,7 +140,7 @@ def plot(results, path, reference=None, size=(900, 620)):
     pts = [(r["mse"], r["editability"], r["label"]) for r in results if r.get("editability") is not None]
     ylabel = "editability (higher is better)"
     if not pts:  # real faces (GPU settings): no ground-truth edits; closeness to W stands in for it
-        pts = [(r["mse"], r["latent_d_p_real"], r["label"]) for r in results]
+        pts = [(r["mse"], r["latent_d_p_real"], r["label"]) for r in results if r.get("latent_d_p_real") is not None]
         ylabel, reference = "latent-D P(real) (closer to W is better)", None
     img = Image.new("RGB", size, "white")
     d = ImageDraw.Draw(img)

@@ -16,7 +16,9 @@ import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
-JOBS = "psp,e4e,idinvert,opt_w,opt_wplus,opt_domain,e4e_pti"  # dependencies first (basic launcher order)
+from sweep import JOBS as JOB_ORDER  # noqa: E402  (dependencies first: the basic launcher runs them in order)
+
+JOBS = ",".join(JOB_ORDER)
 
 
 def sweep_dir(overrides):

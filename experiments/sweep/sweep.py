@@ -1,6 +1,6 @@
 """One job of the cross-method sweep (a Hydra app; conf/ next to this file).
 
-    python experiments/sweep/sweep.py -m job=psp,e4e,idinvert,opt_w,opt_wplus,opt_domain,e4e_pti
+    python experiments/sweep/sweep.py -m job=psp,e4e,idinvert,opt_w,opt_wplus,opt_domain,e4e_pti,restyle_psp,...  (JOBS)
     python experiments/sweep/sweep.py job=opt_w budget.opt_steps=50     # one job
 
 Every job writes into ``<sweep_dir>/<job>/`` (``sweep_dir``: ``outputs/sweep/<setting>``):
@@ -42,7 +42,9 @@ from ganinv.config import register_resolvers  # noqa: E402
 from ganinv.runner import one_line_errors  # noqa: E402
 
 register_resolvers()
-JOBS = ("psp", "e4e", "idinvert", "opt_w", "opt_wplus", "opt_domain", "e4e_pti")  # the full sweep, in order
+# the full sweep, in order (a job that uses another job's encoder comes after it)
+JOBS = ("psp", "e4e", "idinvert", "opt_w", "opt_wplus", "opt_domain", "e4e_pti", "restyle_psp", "restyle_e4e",
+        "sge", "hybrid", "alae")
 
 
 def job_config(name):
@@ -121,7 +123,8 @@ def invert(cfg, job_dir, inputs, encoder, key):
     """invert.py on the shared test faces into <job>/invert (redone when ``key`` changed)."""
     out = job_dir / "invert"
     args = [f"input={inputs}", f"output={out}", f"batch_size={cfg.budget.invert_batch}", f"seed={cfg.seed}",
-            *cfg.setting.invert_args, *(a.replace("{encoder}", str(encoder)) for a in cfg.job.invert_args)]
+            *cfg.setting.invert_args, *(a.replace("{encoder}", str(encoder)) for a in cfg.job.invert_args),
+            *cfg.setting.get("job_invert_args", {}).get(cfg.job.name, [])]
     key = yardsticks.fingerprint([args, key])
     record = yardsticks.read_json(out / "invert.json")
     if not (record and record.get("key") == key and (out / "metrics.csv").is_file()):
@@ -142,8 +145,15 @@ def image_scores(out):
                   "invert_seconds_per_image": mean["seconds"]}
 
 
+CODE_KEYS = ("editability", "target_shift", "identity_drift", "other_drift", "latent_d_acc", "latent_d_p_real",
+             "w_radius_ratio")
+
+
 def code_scores(cfg, out, rows, shared_dir):
-    """Editability (with each image's generator) and latent realism of the saved codes."""
+    """Editability (with each image's generator) and latent realism of the saved codes; all None for a
+    job with its own generator (``own_generator``: the sweep's boundaries and sampled w are not its W)."""
+    if cfg.job.get("own_generator"):
+        return dict.fromkeys(CODE_KEYS)
     y = cfg.yardsticks
     ws = torch.stack([load_torch(out / "latents" / f"{r['image']}.pt", "latent") for r in rows]).float()
     regressor, boundaries, w_ref = yardsticks.load_shared(shared_dir, bool(cfg.setting.editability))
@@ -202,8 +212,9 @@ def run_job(cfg):
     if cfg.wandb:
         log_wandb(cfg, sweep_dir, result)
     ed = "n/a" if result["editability"] is None else f"{result['editability']:.3f}"
+    acc = "n/a" if result["latent_d_acc"] is None else f"{result['latent_d_acc']:.2f}"
     print(f"[{name}] mse {result['mse']:.4f} psnr {result['psnr']:.2f} ssim {result['ssim']:.3f} editability {ed} "
-          f"latent-D acc {result['latent_d_acc']:.2f} -> {job_dir / 'result.json'}", flush=True)
+          f"latent-D acc {acc} -> {job_dir / 'result.json'}", flush=True)
     return result
 
 
