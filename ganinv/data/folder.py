@@ -2,19 +2,15 @@
 and the folder walk and output-key rule they and invert.py share (:func:`walk_images`,
 :func:`image_keys`: linked folders followed once, keys unique and independent of listing order)."""
 
-from __future__ import annotations
-
 import os
 import warnings
 from collections import Counter
-from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
 import numpy as np
 import pytorch_lightning as pl
 import torch
-from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
 from ganinv.data.images import IMAGE_EXTENSIONS, load_image, resize_crop
@@ -22,13 +18,13 @@ from ganinv.data.procedural import SPLITS, ProceduralFaces
 from ganinv.data.tasks import OneHotLabels
 
 
-def display_path(path: str | os.PathLike) -> str:
+def display_path(path):
     """A path as printable text: bytes that are not UTF-8 shown as ``\\xNN`` escapes, so a
     report about an undecodable file name can itself be printed and written."""
     return os.fsencode(path).decode("utf-8", errors="backslashreplace")
 
 
-def _name_problem(rel: str) -> str | None:
+def _name_problem(rel):
     """Why a relative path cannot serve as an output key (None when it can)."""
     try:
         rel.encode("utf-8")
@@ -49,7 +45,7 @@ class ImageWalk(NamedTuple):
     notes: list
 
 
-def walk_images(root: str | os.PathLike, exclude=(), is_excluded=None, check_names=True) -> ImageWalk:
+def walk_images(root, exclude=(), is_excluded=None, check_names=True):
     """Every image file under root, recursively, in a deterministic order (sorted by relative path).
 
     Symbolic links: a linked file is used like a regular file; a broken link with an image
@@ -71,7 +67,7 @@ def walk_images(root: str | os.PathLike, exclude=(), is_excluded=None, check_nam
     seen: dict = {}  # (st_dev, st_ino) of walked folders -> the path they were walked as
     links: list = []  # symlinked folders, walked after every real folder
 
-    def walk(top: Path) -> None:
+    def walk(top):
         stack = [top]
         while stack:
             folder = stack.pop()
@@ -126,7 +122,7 @@ def walk_images(root: str | os.PathLike, exclude=(), is_excluded=None, check_nam
     return ImageWalk(usable, problems, notes)
 
 
-def list_images(root: str | os.PathLike) -> list[Path]:
+def list_images(root):
     """All image files under root, recursively, sorted by relative path (:func:`walk_images`: linked
     folders followed once; any file name, since training needs no output keys); clear errors if
     there are none. What the walk reports (broken links, unlistable folders, repeated link
@@ -144,7 +140,7 @@ def list_images(root: str | os.PathLike) -> list[Path]:
     return found.paths
 
 
-def image_keys(rels: Sequence[str]) -> tuple[list[str], list[str]]:
+def image_keys(rels):
     """Unique output keys for relative image paths (POSIX strings) -> (keys, renames).
 
     The rule, which depends only on the set of paths (never on listing order):
@@ -192,21 +188,21 @@ class ImageFolder(Dataset):
     Lightning seeds per worker).
     """
 
-    def __init__(self, root: str | os.PathLike, size: int | tuple[int, int], flip: bool = False):
+    def __init__(self, root, size, flip=False):
         self.root, self.size, self.flip = Path(root), size, flip
         self.paths = list_images(root)
 
-    def __len__(self) -> int:
+    def __len__(self):
         return len(self.paths)
 
-    def __getitem__(self, index: int) -> Tensor:
+    def __getitem__(self, index):
         image = load_image(self.paths[index], self.size)
         if self.flip and torch.rand(()) < 0.5:
             image = image.flip(-1)
         return image
 
 
-def split_indices(n: int, split: Sequence[float], seed: int = 0) -> tuple[list[int], list[int], list[int]]:
+def split_indices(n, split, seed=0):
     """Deterministic train/val/test partition of range(n) in proportion to split (normalised)."""
     if len(split) != 3 or any(s < 0 for s in split) or sum(split) <= 0:
         raise ValueError(f"split must be three non-negative ratios (train, val, test), got {tuple(split)}")
@@ -219,7 +215,8 @@ def split_indices(n: int, split: Sequence[float], seed: int = 0) -> tuple[list[i
     return order[:n_train], order[n_train : n_train + n_val], order[n_train + n_val :]
 
 
-def _item_generator(seed: int, split: str, index: int) -> torch.Generator:
+def _item_generator(seed, split, index):
+    """torch.Generator seeded by (seed, split, index): fixed task randomness for val/test items."""
     state = np.random.SeedSequence([seed, SPLITS.index(split), index]).generate_state(2, np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
@@ -242,7 +239,7 @@ class PairedDataset(Dataset):
     inputs are the same every epoch.
     """
 
-    def __init__(self, base: Dataset, task=None, split: str = "train", seed: int = 0, source=None):
+    def __init__(self, base, task=None, split="train", seed=0, source=None):
         self.source_paths = None
         if source is not None:
             self.source_paths = list_images(source)
@@ -261,10 +258,10 @@ class PairedDataset(Dataset):
             )
         self.base, self.task, self.split, self.seed = base, task, split, seed
 
-    def __len__(self) -> int:
+    def __len__(self):
         return len(self.base)
 
-    def _source(self, index: int, like: Tensor) -> Tensor:
+    def _source(self, index, like):
         """The paired source file of item ``index`` at the target's size."""
         path = self.source_paths[_base_index(self.base, index)]
         size = tuple(like.shape[-2:])
@@ -279,7 +276,8 @@ class PairedDataset(Dataset):
             gray = (load_image(path, mode="L") + 1) / 2  # convert('L') + ToTensor: [1, H, W] in [0, 1]
         return resize_crop(gray, size).clamp(0, 1)
 
-    def _pair(self, item, index: int) -> dict[str, Tensor]:
+    def _pair(self, item, index):
+        """``{"x": input, "y": target}`` (plus ``"factors"`` when the base yields them) for one item."""
         y, factors = item if isinstance(item, tuple) else (item, None)
         x = y if self.source_paths is None else self._source(index, y)
         if self.task is not None and (self.source_paths is None or isinstance(self.task, OneHotLabels)):
@@ -290,26 +288,26 @@ class PairedDataset(Dataset):
             out["factors"] = factors
         return out
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def __getitem__(self, index):
         return self._pair(self.base[index], index)
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Tensor]]:
+    def __getitems__(self, indices):
         fetch = getattr(self.base, "__getitems__", None)
         items = fetch(indices) if fetch is not None else [self.base[i] for i in indices]
         return [self._pair(item, i) for item, i in zip(items, indices)]
 
 
-def _unwrap(base: Dataset) -> Dataset:
+def _unwrap(base):
     """The dataset under a Subset (the root split's parts)."""
     return base.dataset if isinstance(base, Subset) else base
 
 
-def _base_index(base: Dataset, index: int) -> int:
+def _base_index(base, index):
     """The index into the unwrapped dataset (and its paired source list) of item ``index``."""
     return base.indices[index] if isinstance(base, Subset) else index
 
 
-def load_label_map(path: str | os.PathLike) -> Tensor:
+def load_label_map(path):
     """An integer label-map PNG -> class indices [H, W] (long). 'L', 'P' (palette indices), 'I'
     and 'I;16' files are read as stored; RGB files are converted to 'L', as the official
     ``InferenceDataset`` / ``ImagesDataset`` do (``convert('L')`` when ``label_nc != 0``)."""
@@ -328,7 +326,7 @@ def load_label_map(path: str | os.PathLike) -> Tensor:
     return torch.from_numpy(arr.astype(np.int64))
 
 
-def resize_crop_nearest(x: Tensor, size: tuple[int, int]) -> Tensor:
+def resize_crop_nearest(x, size):
     """[B, C, H, W] centre-cropped to the aspect of size and resized with nearest neighbour (label
     maps: classes are never blended)."""
     h, w = size
@@ -350,11 +348,11 @@ class ShardSampler(torch.utils.data.Sampler):
     The tail that does not divide evenly over the ranks is dropped.
     """
 
-    def __init__(self, length: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
+    def __init__(self, length, seed, shuffle=True, rank=0, world_size=1):
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.rank, self.world_size, self.epoch = rank, world_size, 0
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch):
         self.epoch = epoch
 
     def __iter__(self):
@@ -365,17 +363,17 @@ class ShardSampler(torch.utils.data.Sampler):
             order = torch.arange(self.length)
         return iter(order[: len(self) * self.world_size][self.rank:: self.world_size].tolist())
 
-    def __len__(self) -> int:
+    def __len__(self):
         return self.length // self.world_size
 
 
 class _PairedDataModule(pl.LightningDataModule):
-    def __init__(self, batch_size: int, num_workers: int, seed: int, shuffle: bool = True):
+    def __init__(self, batch_size, num_workers, seed, shuffle=True):
         super().__init__()
         self.batch_size, self.num_workers, self.seed, self.shuffle = batch_size, num_workers, seed, shuffle
         self.datasets: dict[str, Dataset] = {}
 
-    def _loader(self, split: str) -> DataLoader:
+    def _loader(self, split):
         if split not in self.datasets:
             raise ValueError(f"no {split} data configured for {type(self).__name__}")
         train = split == "train"
@@ -395,13 +393,13 @@ class _PairedDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self):
         return self._loader("train")
 
-    def val_dataloader(self) -> DataLoader:
+    def val_dataloader(self):
         return self._loader("val")
 
-    def test_dataloader(self) -> DataLoader:
+    def test_dataloader(self):
         return self._loader("test")
 
 
@@ -417,23 +415,9 @@ class ImageDataModule(_PairedDataModule):
     explicit train_dir / val_dir, and targets are not flipped (the source would not follow).
     """
 
-    def __init__(
-        self,
-        train_dir: str | None = None,
-        val_dir: str | None = None,
-        test_dir: str | None = None,
-        root: str | None = None,
-        split: Sequence[float] = (0.9, 0.05, 0.05),
-        size: int | tuple[int, int] = 256,
-        batch_size: int = 8,
-        num_workers: int = 0,
-        flip: bool = True,
-        task=None,
-        seed: int = 0,
-        shuffle: bool = True,
-        train_source_dir: str | None = None,
-        val_source_dir: str | None = None,
-    ):
+    def __init__(self, train_dir=None, val_dir=None, test_dir=None, root=None, split=(0.9, 0.05, 0.05), size=256,
+                 batch_size=8, num_workers=0, flip=True, task=None, seed=0, shuffle=True, train_source_dir=None,
+                 val_source_dir=None):
         super().__init__(batch_size, num_workers, seed, shuffle)
         sources = {"train_source_dir": (train_source_dir, train_dir), "val_source_dir": (val_source_dir, val_dir)}
         for key, (source, target) in sources.items():
@@ -446,7 +430,7 @@ class ImageDataModule(_PairedDataModule):
         self.dirs = {"train": train_dir, "val": val_dir, "test": test_dir}
         self.root, self.split, self.size, self.flip, self.task = root, tuple(split), size, flip, task
 
-    def setup(self, stage: str | None = None) -> None:
+    def setup(self, stage=None):
         if self.datasets:
             return
         if self.root is not None:
@@ -472,23 +456,13 @@ class ProceduralDataModule(_PairedDataModule):
     Each split is a ``ProceduralFaces`` stream with the same seed, so splits never share items.
     """
 
-    def __init__(
-        self,
-        size: int = 64,
-        train_length: int = 50000,
-        val_length: int = 500,
-        test_length: int = 500,
-        batch_size: int = 32,
-        num_workers: int = 0,
-        seed: int = 0,
-        task=None,
-        shuffle: bool = True,
-    ):
+    def __init__(self, size=64, train_length=50000, val_length=500, test_length=500, batch_size=32, num_workers=0,
+                 seed=0, task=None, shuffle=True):
         super().__init__(batch_size, num_workers, seed, shuffle)
         self.size, self.task = size, task
         self.lengths = {"train": train_length, "val": val_length, "test": test_length}
 
-    def setup(self, stage: str | None = None) -> None:
+    def setup(self, stage=None):
         if self.datasets:
             return
         for name, length in self.lengths.items():

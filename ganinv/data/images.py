@@ -1,8 +1,5 @@
 """Image file I/O: robust loading to [-1, 1] tensors and atomic saving."""
 
-from __future__ import annotations
-
-import os
 import warnings
 from pathlib import Path
 
@@ -10,7 +7,6 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
-from torch import Tensor
 
 from ..checkpoints.safe import atomic_write
 
@@ -18,7 +14,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
 _WHITE = (255, 255, 255)
 
 
-def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
+def _to_8bit(img, path):
     """Convert any Pillow mode to RGB, warning when information is dropped or invented."""
     mode = img.mode
     if mode == "RGB":
@@ -45,7 +41,7 @@ def _to_8bit(img: Image.Image, path: Path) -> Image.Image:
     return img.convert("RGB")
 
 
-def open_image(path: str | os.PathLike) -> Image.Image:
+def open_image(path):
     """Open, fully decode and EXIF-orient an image as an 8-bit RGB PIL image.
 
     Raises FileNotFoundError for a missing file and ValueError (one line naming the file) for an empty,
@@ -74,13 +70,13 @@ def open_image(path: str | os.PathLike) -> Image.Image:
     return _to_8bit(img, path)
 
 
-def to_tensor(img: Image.Image) -> Tensor:
+def to_tensor(img):
     """8-bit RGB PIL image -> [3, H, W] float32 in [-1, 1]."""
     arr = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
     return arr.permute(2, 0, 1).float().div(127.5).sub(1)
 
 
-def resize_crop(image: Tensor, size: int | tuple[int, int]) -> Tensor:
+def resize_crop(image, size):
     """Center-crop [C, H, W] to the aspect of size (int = square, or (h, w)), then resize with antialiased
     bilinear filtering -> [C, h, w]."""
     h, w = (size, size) if isinstance(size, int) else tuple(size)
@@ -99,9 +95,7 @@ def resize_crop(image: Tensor, size: int | tuple[int, int]) -> Tensor:
     return out[0].clamp(-1, 1)
 
 
-def load_image(
-    path: str | os.PathLike, size: int | tuple[int, int] | None = None, mode: str = "RGB"
-) -> Tensor:
+def load_image(path, size=None, mode="RGB"):
     """Load an image file -> [3, H, W] ('RGB') or [1, H, W] ('L') float32 in [-1, 1].
 
     Non-RGB files (greyscale, RGBA, palette, 16-bit, CMYK) are converted with a warning naming the file;
@@ -116,7 +110,7 @@ def load_image(
     return image if size is None else resize_crop(image, size)
 
 
-def save_image(image: Tensor, path: str | os.PathLike) -> None:
+def save_image(image, path):
     """Write [3, H, W] or [1, H, W] in [-1, 1] (clamped) to path atomically; format from the extension."""
     path = Path(path)
     if image.dim() != 3 or image.shape[0] not in (1, 3):

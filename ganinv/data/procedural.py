@@ -8,15 +8,12 @@ size and anti-aliased with a one-pixel linear coverage ramp, so every resolution
 Coordinates: x (columns) and y (rows, pointing down) both span [-1, 1] over the image.
 """
 
-from __future__ import annotations
-
 import argparse
 import math
 from collections.abc import Mapping
 
 import numpy as np
 import torch
-from torch import Tensor
 from torch.utils.data import Dataset
 
 from ganinv.data.images import save_image
@@ -45,7 +42,7 @@ _HAIR_RAMP = [
 _LIGHT = [v / math.sqrt(0.45**2 + 0.55**2 + 0.70**2) for v in (-0.45, -0.55, 0.70)]
 
 
-def _hsv_to_rgb(h: Tensor, s: Tensor | float, v: Tensor | float) -> Tensor:
+def _hsv_to_rgb(h, s, v):
     """[B] hue and [B] or scalar saturation/value in [0, 1] -> [B, 3] RGB in [0, 1]."""
     k = (h.new_tensor([5.0, 3.0, 1.0]) + 6 * h[:, None]) % 6
     s, v = torch.as_tensor(s, device=h.device), torch.as_tensor(v, device=h.device)
@@ -54,7 +51,7 @@ def _hsv_to_rgb(h: Tensor, s: Tensor | float, v: Tensor | float) -> Tensor:
     return v - v * s * torch.clamp(torch.minimum(k, 4 - k), 0, 1)
 
 
-def _ramp(t: Tensor, table: Tensor) -> Tensor:
+def _ramp(t, table):
     """Piecewise-linear colour map: t [B] in [0, 1], table [K, 3] -> [B, 3]."""
     pos = t * (len(table) - 1)
     i = pos.floor().long().clamp(max=len(table) - 2)
@@ -62,7 +59,7 @@ def _ramp(t: Tensor, table: Tensor) -> Tensor:
     return table[i] * (1 - w) + table[i + 1] * w
 
 
-def _ellipse(x: Tensor, y: Tensor, cx, cy, rx, ry) -> Tensor:
+def _ellipse(x, y, cx, cy, rx, ry):
     """Approximate signed distance to an axis-aligned ellipse (exact on the boundary, first order near it)."""
     px, py = (x - cx) / rx, (y - cy) / ry
     k0 = torch.sqrt(px**2 + py**2)
@@ -70,12 +67,12 @@ def _ellipse(x: Tensor, y: Tensor, cx, cy, rx, ry) -> Tensor:
     return k0 * (k0 - 1) / k1
 
 
-def _box(x: Tensor, y: Tensor, cx, cy, hx, hy) -> Tensor:
+def _box(x, y, cx, cy, hx, hy):
     qx, qy = (x - cx).abs() - hx, (y - cy).abs() - hy
     return torch.hypot(qx.clamp_min(0), qy.clamp_min(0)) + torch.maximum(qx, qy).clamp_max(0)
 
 
-def _segments(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
+def _segments(x, y, a, b):
     """Distance from every pixel to each segment a -> b.
 
     x, y: [1, 1, S] / [1, S, 1] pixel coordinates; a, b: [B, M, 2] end points -> [B, M, S, S].
@@ -86,14 +83,14 @@ def _segments(x: Tensor, y: Tensor, a: Tensor, b: Tensor) -> Tensor:
     return torch.hypot(px - ab[:, :, 0] * h, py - ab[:, :, 1] * h)
 
 
-def _over(img: Tensor, alpha: Tensor, color: Tensor) -> Tensor:
+def _over(img, alpha, color):
     """Composite colour ([B, 3] or [B, 3, S, S]) in place over img [B, 3, S, S] with coverage [B, S, S]."""
     if color.dim() == 2:
         color = color[:, :, None, None]
     return img.lerp_(color.expand_as(img), alpha[:, None].expand_as(img))
 
 
-def render_batch(factors: Tensor, size: int = 64) -> Tensor:
+def render_batch(factors, size=64):
     """Render faces from factors [B, len(FACTORS)] in [0, 1] -> images [B, 3, size, size] in [-1, 1].
 
     Runs on the factors' device, so a GPU renders large batches in one go.
@@ -110,14 +107,14 @@ def render_batch(factors: Tensor, size: int = 64) -> Tensor:
     px = 2.0 / size
     sides = torch.tensor([-1.0, 1.0], device=dev)
 
-    def cover(d: Tensor, soft: float = 1.0) -> Tensor:
+    def cover(d, soft=1.0):
         return (0.5 - d / (soft * px)).clamp(0, 1)
 
-    def pix(t: Tensor) -> Tensor:
+    def pix(t):
         """Per-face value [B] or [B, 2] -> broadcastable over pixels ([B, 1, 1] or [B, 2, 1, 1])."""
         return t[..., None, None]
 
-    def const(rgb: list[float]) -> Tensor:
+    def const(rgb):
         return torch.tensor(rgb, device=dev).expand(b, 3)
 
     t = (torch.arange(size, dtype=torch.float32, device=dev) + 0.5) * px - 1
@@ -129,11 +126,11 @@ def render_batch(factors: Tensor, size: int = 64) -> Tensor:
     cx, cy = 0.0, -0.08
     phi = (2 * v["yaw"] - 1) * _MAX_YAW
 
-    def on_head(u: Tensor) -> Tensor:
+    def on_head(u):
         """Image x [B, N] of features at frontal offsets u [B, N] (in head radii) after turning by phi."""
         return cx + rx[:, None] * torch.sin(torch.asin(u.clamp(-0.99, 0.99)) + phi[:, None])
 
-    def squeeze(u: Tensor) -> Tensor:
+    def squeeze(u):
         """Horizontal foreshortening [B, N] of small features at frontal offsets u [B, N]."""
         return torch.cos(torch.asin(u.clamp(-0.99, 0.99)) + phi[:, None])
 
@@ -250,7 +247,7 @@ def render_batch(factors: Tensor, size: int = 64) -> Tensor:
     return (img * 2 - 1).clamp(-1, 1).contiguous()
 
 
-def render_face(params: Mapping[str, float] | Tensor, size: int = 64) -> Tensor:
+def render_face(params, size=64):
     """Render one face -> [3, size, size] in [-1, 1].
 
     params: a tensor [len(FACTORS)] in [0, 1], or a dict from factor name to value; factors missing from
@@ -273,34 +270,34 @@ class ProceduralFaces(Dataset):
 
     factor_names = FACTORS
 
-    def __init__(self, length: int = 10000, size: int = 64, seed: int = 0, split: str = "train"):
+    def __init__(self, length=10000, size=64, seed=0, split="train"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if length < 0:
             raise ValueError(f"length must be non-negative, got {length}")
         self.length, self.size, self.seed, self.split = length, size, seed, split
 
-    def __len__(self) -> int:
+    def __len__(self):
         return self.length
 
-    def factors(self, index: int) -> Tensor:
+    def factors(self, index):
         """Factors [F] float32 of item index."""
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for ProceduralFaces of length {self.length}")
         rng = np.random.default_rng([self.seed, SPLITS.index(self.split), index])
         return torch.from_numpy(rng.random(len(FACTORS))).float()
 
-    def __getitem__(self, index: int) -> tuple[Tensor, Tensor]:
+    def __getitem__(self, index):
         factors = self.factors(index)
         return render_batch(factors[None], self.size)[0], factors
 
-    def __getitems__(self, indices: list[int]) -> list[tuple[Tensor, Tensor]]:
+    def __getitems__(self, indices):
         """Batched fetch used by DataLoader: one vectorised render for the whole batch."""
         factors = torch.stack([self.factors(i) for i in indices])
         return list(zip(render_batch(factors, self.size).unbind(0), factors.unbind(0)))
 
 
-def _grid(images: Tensor, nrow: int) -> Tensor:
+def _grid(images, nrow):
     """[N, 3, H, W] -> [3, rows * H, nrow * W]."""
     n, c, h, w = images.shape
     rows = math.ceil(n / nrow)
@@ -309,7 +306,7 @@ def _grid(images: Tensor, nrow: int) -> Tensor:
     return images.permute(2, 0, 3, 1, 4).reshape(c, rows * h, nrow * w)
 
 
-def main(argv: list | None = None) -> None:
+def main(argv=None):
     parser = argparse.ArgumentParser(description="Write procedural faces: a grid PNG and/or one PNG per face.")
     parser.add_argument("--grid", help="output PNG path of a grid")
     parser.add_argument("--folder", help="output folder of face_<i>.png (an input folder for invert.py)")

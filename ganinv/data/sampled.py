@@ -2,11 +2,8 @@
 training, latent-recovery metrics, and the G(w) -> w pairs of pbaylies/stylegan-encoder
 ``train_resnet.py`` ``generate_dataset_main``)."""
 
-from __future__ import annotations
-
 import numpy as np
 import torch
-from torch import Tensor, nn
 from torch.utils.data import Dataset
 
 
@@ -37,18 +34,8 @@ class GeneratorSampledDataset(Dataset):
     None keeps the plain (seed, index) streams.
     """
 
-    def __init__(
-        self,
-        generator: nn.Module,
-        length: int,
-        seed: int = 0,
-        truncation: float = 1.0,
-        noise_mode: str = "const",
-        batch_size: int = 16,
-        mirror: bool = False,
-        style_groups: bool = False,
-        split: int | None = None,
-    ):
+    def __init__(self, generator, length, seed=0, truncation=1.0, noise_mode="const", batch_size=16, mirror=False,
+                 style_groups=False, split=None):
         if noise_mode not in ("const", "random", "none"):
             raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
         if length < 0 or batch_size < 1:
@@ -61,15 +48,16 @@ class GeneratorSampledDataset(Dataset):
             avg = generator.latent_avg
             self.center = avg.reshape(1, -1) if avg is not None else generator.mean_latent(4096, seed=seed)
 
-    def __len__(self) -> int:
+    def __len__(self):
         return self.length
 
-    def _item_stream(self, index: int) -> torch.Generator:
+    def _item_stream(self, index):
+        """torch.Generator seeded by (seed, [split,] index): item ``index``'s z, truncation and noise."""
         key = [self.seed, index] if self.split is None else [self.seed, self.split, index]
         state = np.random.SeedSequence(key).generate_state(2, np.uint32)
         return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
-    def _groups(self, stream: torch.Generator) -> int:
+    def _groups(self, stream):
         """How many w's make one item (1 without ``style_groups``)."""
         n = self.generator.n_latent
         if not self.style_groups:
@@ -79,7 +67,7 @@ class GeneratorSampledDataset(Dataset):
         return 3 if n % 3 == 0 else 2
 
     @torch.no_grad()
-    def _render(self, indices: list[int]) -> dict[str, Tensor]:
+    def _render(self, indices):
         g = self.generator
         device = next(g.parameters()).device
         zs, groups, psis, noises = [], [], [], []
@@ -102,7 +90,7 @@ class GeneratorSampledDataset(Dataset):
             noise = [torch.stack(maps).to(device) for maps in zip(*noises)]
         return {"images": g.synthesis(ws, noise).clamp(-1, 1), "ws": ws}
 
-    def render(self, indices: list[int]) -> dict[str, Tensor]:
+    def render(self, indices):
         """Items ``indices`` as batched tensors on the generator's device, in its dtype: ``images``
         [n, 3, S, S] in [-1, 1] and ``ws`` [n, n_latent, D] (synthesised ``batch_size`` at a time)."""
         for i in indices:
@@ -112,10 +100,10 @@ class GeneratorSampledDataset(Dataset):
                  for start in range(0, len(indices), self.batch_size)]
         return {key: torch.cat([part[key] for part in parts]) for key in ("images", "ws")}
 
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Tensor]]:
+    def __getitems__(self, indices):
         out = self.render(indices)
         images, ws = out["images"].float().cpu(), out["ws"].float().cpu()
         return [{"x": im, "y": im, "ws": w.contiguous()} for im, w in zip(images, ws)]
 
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
+    def __getitem__(self, index):
         return self.__getitems__([index])[0]

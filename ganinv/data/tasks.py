@@ -7,15 +7,13 @@ exception: segmentation-to-image inputs are label maps that cannot be derived fr
 converts a label map instead (``from_target = False``).
 """
 
-from __future__ import annotations
-
 import kornia
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 
 
-def _batched(y: Tensor, channels: int = 3) -> tuple[Tensor, bool]:
+def _batched(y, channels=3):
+    """(batch [B, C, H, W], single): a lone image [C, H, W] gets a batch dim and ``single=True``."""
     if y.dim() == 3:
         y = y[None]
         single = True
@@ -28,7 +26,7 @@ def _batched(y: Tensor, channels: int = 3) -> tuple[Tensor, bool]:
     return y, single
 
 
-def _bicubic_kernel(factor: int, a: float = -0.5) -> Tensor:
+def _bicubic_kernel(factor, a=-0.5):
     """pSp's BicubicDownSample taps: 4 * factor samples of the Keys cubic, normalised to sum 1."""
     size = 4 * factor
     x = ((torch.arange(size, dtype=torch.float64) - size // 2 + 0.5) / factor).abs()
@@ -38,7 +36,7 @@ def _bicubic_kernel(factor: int, a: float = -0.5) -> Tensor:
     return (k / k.sum()).float()
 
 
-def bicubic_downsample(x: Tensor, factor: int) -> Tensor:
+def bicubic_downsample(x, factor):
     """Downsample [B, C, H, W] by an integer factor as pSp's BicubicDownSample does -> [B, C, H//f, W//f].
 
     Separable 4f-tap cubic (Keys, a = -0.5) filter with stride f after reflect-padding 3f rows and columns,
@@ -58,12 +56,12 @@ def bicubic_downsample(x: Tensor, factor: int) -> Tensor:
     return F.conv2d(x, k.view(1, 1, 1, -1).expand(c, 1, 1, -1), stride=(1, factor), groups=c)
 
 
-def _quantize(x01: Tensor) -> Tensor:
+def _quantize(x01):
     """torchvision's ToPILImage on a float image truncates x * 255 to uint8."""
     return (x01 * 255).floor().clamp(0, 255) / 255
 
 
-def _choice(n: int, generator: torch.Generator | None) -> int:
+def _choice(n, generator):
     return int(torch.randint(n, (1,), generator=generator))
 
 
@@ -78,18 +76,18 @@ class SuperResolution:
     from_target = True
     input_nc = 3
 
-    def __init__(self, factors: tuple[int, ...] = (1, 2, 4, 8, 16, 32)):
+    def __init__(self, factors=(1, 2, 4, 8, 16, 32)):
         if not factors or any(int(f) != f or f < 1 for f in factors):
             raise ValueError(f"factors must be positive integers, got {factors}")
         self.factors = tuple(int(f) for f in factors)
 
-    def degrade(self, y: Tensor, factor: int) -> Tensor:
+    def degrade(self, y, factor):
         """[B, 3, H, W] in [-1, 1] -> [B, 3, H, W] in [-1, 1] at one fixed factor."""
         low = _quantize(bicubic_downsample((y + 1) / 2, factor).clamp(0, 1))
         up = F.interpolate(low, size=y.shape[-2:], mode="bilinear", align_corners=False)
         return _quantize(up.clamp(0, 1)) * 2 - 1
 
-    def __call__(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, y, generator=None):
         y, single = _batched(y)
         picks = [self.factors[_choice(len(self.factors), generator)] for _ in range(len(y))]
         x = torch.cat([self.degrade(yi[None], f) for yi, f in zip(y, picks)])
@@ -107,12 +105,12 @@ class Inpainting:
     from_target = True
     input_nc = 4
 
-    def __init__(self, min_size: float = 0.25, max_size: float = 0.5):
+    def __init__(self, min_size=0.25, max_size=0.5):
         if not 0 < min_size <= max_size <= 1:
             raise ValueError(f"need 0 < min_size <= max_size <= 1, got {min_size}, {max_size}")
         self.min_size, self.max_size = min_size, max_size
 
-    def mask(self, h: int, w: int, generator: torch.Generator | None = None) -> Tensor:
+    def mask(self, h, w, generator=None):
         """One hole mask [1, h, w] with 1 inside the hole."""
         frac = self.min_size + (self.max_size - self.min_size) * torch.rand(2, generator=generator)
         mh, mw = max(1, round(float(frac[0]) * h)), max(1, round(float(frac[1]) * w))
@@ -121,7 +119,7 @@ class Inpainting:
         m[:, top : top + mh, left : left + mw] = 1
         return m
 
-    def __call__(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, y, generator=None):
         y, single = _batched(y)
         m = torch.stack([self.mask(*y.shape[-2:], generator=generator) for _ in range(len(y))]).to(y)
         x = torch.cat([y * (1 - m), m], 1)
@@ -134,7 +132,7 @@ class Grayscale:
     from_target = True
     input_nc = 1
 
-    def __call__(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, y, generator=None):
         y, single = _batched(y)
         # Luma is linear, so it commutes with the [0, 1] -> [-1, 1] map.
         x = kornia.color.rgb_to_grayscale(y)
@@ -152,12 +150,12 @@ class EdgeSketch:
     from_target = True
     input_nc = 1
 
-    def __init__(self, method: str = "sobel", gain: float = 4.0, low: float = 0.1, high: float = 0.2):
+    def __init__(self, method="sobel", gain=4.0, low=0.1, high=0.2):
         if method not in ("sobel", "canny"):
             raise ValueError(f"EdgeSketch method must be 'sobel' or 'canny', got {method!r}")
         self.method, self.gain, self.low, self.high = method, gain, low, high
 
-    def __call__(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, y, generator=None):
         y, single = _batched(y)
         luma = kornia.color.rgb_to_grayscale((y + 1) / 2)
         if self.method == "sobel":
@@ -177,16 +175,16 @@ class OneHotLabels:
 
     from_target = False
 
-    def __init__(self, label_nc: int):
+    def __init__(self, label_nc):
         if label_nc < 1:
             raise ValueError(f"label_nc must be positive, got {label_nc}")
         self.label_nc = label_nc
 
     @property
-    def input_nc(self) -> int:
+    def input_nc(self):
         return self.label_nc
 
-    def __call__(self, labels: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, labels, generator=None):
         single = labels.dim() == 2 or (labels.dim() == 3 and labels.shape[0] == 1)
         if labels.dim() == 4:
             if labels.shape[1] != 1:
@@ -219,12 +217,12 @@ class HorizontalFlip:
     from_target = True
     input_nc = 3
 
-    def __init__(self, p: float = 0.5):
+    def __init__(self, p=0.5):
         if not 0 <= p <= 1:
             raise ValueError(f"flip probability p must lie in [0, 1], got {p}")
         self.p = p
 
-    def __call__(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, y, generator=None):
         y, single = _batched(y)
         flip = torch.rand(len(y), generator=generator) < self.p
         x = torch.where(flip.view(-1, 1, 1, 1).to(y.device), y.flip(-1), y)
@@ -239,7 +237,7 @@ class LuminanceLabels(OneHotLabels):
 
     from_target = True
 
-    def __call__(self, y: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def __call__(self, y, generator=None):
         y, single = _batched(y)
         luma = kornia.color.rgb_to_grayscale((y + 1) / 2).clamp(0, 1)
         labels = (luma * self.label_nc).long().clamp(max=self.label_nc - 1)

@@ -4,8 +4,6 @@ scikit-learn between the latents with the highest and the lowest attribute score
 the SVM's unit normal [1, D]. Written in InterFaceGAN's ``boundary.npy`` or e4e's direction ``.pt``
 layout (:func:`save_boundary`), read by :func:`ganinv.editing.interfacegan.load_direction`.
 """
-from __future__ import annotations
-
 from pathlib import Path
 from typing import NamedTuple
 
@@ -20,8 +18,7 @@ class FittedBoundary(NamedTuple):
     remaining_accuracy: float | None = None  # on the samples not chosen (labelled by the mid score)
 
 
-def train_boundary(latents, scores, chosen_ratio: float = 0.02, split_ratio: float = 0.7, c: float = 1.0,
-                   seed: int = 0, invalid_value: float | None = None) -> FittedBoundary:
+def train_boundary(latents, scores, chosen_ratio=0.02, split_ratio=0.7, c=1.0, seed=0, invalid_value=None):
     """InterFaceGAN's ``train_boundary`` (genforce/interfacegan ``utils/manipulator.py``).
 
     latents [N, D] (W codes), scores [N] or [N, 1] (continuous or 0/1). Samples whose score equals
@@ -85,7 +82,7 @@ def train_boundary(latents, scores, chosen_ratio: float = 0.02, split_ratio: flo
     return FittedBoundary(torch.from_numpy(normal / norm), val_accuracy, remaining)
 
 
-def save_boundary(normal, path) -> Path:
+def save_boundary(normal, path):
     """Write a boundary [1, D] (or [D]) atomically in the layout its suffix names: ``.npy`` is
     InterFaceGAN's ``boundary.npy`` (float32 [1, D]), anything else e4e's direction ``.pt`` (a float32
     tensor [1, D]). Both read back with :func:`load_direction`."""

@@ -14,12 +14,9 @@ Fields are separated by ``:``; ``key=value`` fields are options and may stand an
 STRENGTHS is a comma-separated list of numbers, one output per number. ROWS is a W+ row list in
 genforce's syntax: ``2-5`` (inclusive), ``0,3,6-8`` or ``all``. PATH may itself contain ``:``.
 """
-from __future__ import annotations
-
 from dataclasses import dataclass
 
 import torch
-from torch import Tensor
 
 from ganinv.editing.ganspace import apply_ganspace, load_ganspace_pca
 from ganinv.editing.interfacegan import Direction, apply_direction, load_direction, parse_layers
@@ -42,7 +39,7 @@ class EditSpec:
     layers: str | None = None
 
 
-def _numbers(field: str, what: str, spec: str, cast=float) -> tuple:
+def _numbers(field, what, spec, cast=float):
     try:
         values = tuple(cast(v) for v in field.split(","))
     except ValueError:
@@ -51,7 +48,7 @@ def _numbers(field: str, what: str, spec: str, cast=float) -> tuple:
     return values
 
 
-def parse_edit(spec: str) -> EditSpec:
+def parse_edit(spec):
     """Parse an edit string; raises one-line ValueErrors naming the spec and the bad field."""
     kind, _, rest = spec.strip().partition(":")
     if kind not in KINDS:
@@ -87,7 +84,7 @@ class Edit:
     """An edit with its file or factorisation loaded once; ``edit(ws)`` maps ws [B, n_latent, D] to
     [n_strengths, B, n_latent, D]. SeFa needs the generator."""
 
-    def __init__(self, spec: str | EditSpec, generator=None):
+    def __init__(self, spec, generator=None):
         self.spec = parse_edit(spec) if isinstance(spec, str) else spec
         s = self.spec
         if s.kind == "interfacegan":
@@ -101,7 +98,7 @@ class Edit:
                 raise ValueError(f"edit {s.kind}:{s.index}: SeFa needs the generator")
             self._data = sefa_directions(generator, "all" if s.layers is None else s.layers)
 
-    def __call__(self, ws: Tensor) -> Tensor:
+    def __call__(self, ws):
         s = self.spec
         if s.kind == "interfacegan":
             return apply_direction(ws, self._data, s.strengths)
@@ -110,15 +107,14 @@ class Edit:
         return apply_sefa(ws, self._data, s.index, s.strengths)
 
 
-def apply_edit(ws: Tensor, spec: str | EditSpec | Edit, generator=None) -> Tensor:
+def apply_edit(ws, spec, generator=None):
     """ws [B, n_latent, D] -> edited codes [n_strengths, B, n_latent, D]."""
     edit = spec if isinstance(spec, Edit) else Edit(spec, generator)
     return edit(ws)
 
 
 @torch.no_grad()
-def edit_strip(generator, ws: Tensor, spec: str | EditSpec | Edit, noise_mode="const",
-               batch: int = 16) -> Tensor:
+def edit_strip(generator, ws, spec, noise_mode="const", batch=16):
     """Render an edit strip per code: ws [B, n_latent, D] -> images [B, n_strengths, 3, H, W]
     (generator output, ~[-1, 1]), synthesised ``batch`` codes at a time."""
     edit = spec if isinstance(spec, Edit) else Edit(spec, generator)

@@ -3,17 +3,12 @@
 The PCA is stored in the layout of e4e's ``editings/ganspace_pca/ffhq_pca.pt`` (GANSpace's cache
 renamed): ``{'mean': [1, D], 'comp': [K, 1, D] unit rows by decreasing variance, 'std': [K]}``.
 """
-from __future__ import annotations
-
-from pathlib import Path
-
 import torch
-from torch import Tensor
 
 from ganinv.checkpoints import load_torch, save_atomic
 
 
-def pca_of_w(w: Tensor, n_components: int | None = None) -> dict[str, Tensor]:
+def pca_of_w(w, n_components=None):
     """PCA of W samples [N, D] -> ``{'mean', 'comp', 'std'}`` (float32, CPU); ``std`` is the square
     root of the variance (N − 1 denominator) along each component."""
     if w.ndim != 2 or w.shape[0] < 2:
@@ -23,7 +18,8 @@ def pca_of_w(w: Tensor, n_components: int | None = None) -> dict[str, Tensor]:
     return _from_moments(mean, (w - mean).T @ (w - mean) / (w.shape[0] - 1), n_components)
 
 
-def _from_moments(mean: Tensor, cov: Tensor, n_components: int | None) -> dict[str, Tensor]:
+def _from_moments(mean, cov, n_components):
+    """PCA dict ``{mean [1, D], comp [k, 1, D], std [k]}`` (descending variance) from moments of w."""
     var, vec = torch.linalg.eigh(cov)  # ascending
     k = cov.shape[0] if n_components is None else n_components
     if not 1 <= k <= cov.shape[0]:
@@ -38,8 +34,7 @@ GANSPACE_COMPONENTS = 80  # GANSpace config.py: ``-c`` default; e4e's ffhq_pca.p
 
 
 @torch.no_grad()
-def ganspace_pca(generator, n_samples: int = GANSPACE_SAMPLES, n_components: int = GANSPACE_COMPONENTS,
-                 batch: int = 4096, seed: int = 0) -> dict[str, Tensor]:
+def ganspace_pca(generator, n_samples=GANSPACE_SAMPLES, n_components=GANSPACE_COMPONENTS, batch=4096, seed=0):
     """GANSpace's PCA of W (harskish/ganspace ``decomposition.py`` with ``--use_w --layer=style``):
     map ``n_samples`` z ~ N(0, I) (no truncation; GANSpace's default count, 300 000) and keep the top
     ``n_components`` (80) principal components -> ``{'mean' [1, D], 'comp' [K, 1, D], 'std' [K]}``.
@@ -66,7 +61,7 @@ def ganspace_pca(generator, n_samples: int = GANSPACE_SAMPLES, n_components: int
     return _from_moments(mean.cpu(), cov.cpu(), n_components)
 
 
-def save_ganspace_pca(pca: dict[str, Tensor], path) -> Path:
+def save_ganspace_pca(pca, path):
     """Write a PCA atomically in e4e's ``ffhq_pca.pt`` layout: ``{'mean' [1, D], 'comp' [K, 1, D],
     'std' [K]}`` float32 tensors (read back by :func:`load_ganspace_pca`)."""
     k, dim = pca["comp"].shape[0], pca["mean"].numel()
@@ -75,7 +70,7 @@ def save_ganspace_pca(pca: dict[str, Tensor], path) -> Path:
     return save_atomic(data, path)
 
 
-def load_ganspace_pca(path) -> dict[str, Tensor]:
+def load_ganspace_pca(path):
     """Read a PCA file in e4e's layout; ``mean`` [D] or [1, D] and ``comp`` [K, D] or [K, 1, D] are
     accepted and returned as [1, D] and [K, 1, D]."""
     data = load_torch(path, "GANSpace PCA file")
@@ -92,7 +87,7 @@ def load_ganspace_pca(path) -> dict[str, Tensor]:
     return {"mean": mean.reshape(1, dim), "comp": comp.unsqueeze(1), "std": std.reshape(-1)}
 
 
-def apply_ganspace(ws: Tensor, pca: dict[str, Tensor], index: int, start: int, end: int, strengths) -> Tensor:
+def apply_ganspace(ws, pca, index, start, end, strengths):
     """e4e's GANSpace edit (``editings/ganspace.py``), ws [B, n_latent, D] -> [S, B, n_latent, D].
 
     For component c = comp[index] with spread σ = std[index], the code's coordinate is read from its

@@ -14,10 +14,7 @@ Plain arrays are read after checking their header against the file size. IDInver
 unpickling, which is done by ganinv's restricted unpickler (:mod:`ganinv.checkpoints.allowlist`): only
 numeric numpy arrays, numbers and plain containers, so a boundary file can never run code.
 """
-from __future__ import annotations
-
 import math
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -41,7 +38,7 @@ class Direction(NamedTuple):
     layers: list[int] | None = None
 
 
-def parse_layers(layers, n_latent: int | None = None) -> list[int] | None:
+def parse_layers(layers, n_latent=None):
     """W+ row indices from an int, a sequence of ints, or genforce's index string (``'2-5'``,
     ``'0,3,6-8'``; ranges inclusive) -> sorted unique list. ``None``, ``'all'``, ``''`` or an empty
     sequence mean every row: ``list(range(n_latent))``, or ``None`` when ``n_latent`` is not given.
@@ -72,7 +69,7 @@ def parse_layers(layers, n_latent: int | None = None) -> list[int] | None:
 
 # -- loading ------------------------------------------------------------------------------------
 
-def _as_direction(array, path, layers=None) -> Direction:
+def _as_direction(array, path, layers=None):
     """[D] or [1, D] -> [1, D]; layer-wise [1, n_latent, D] (IDInvert) -> [n_latent, D]."""
     t = torch.as_tensor(array if isinstance(array, Tensor) else np.asarray(array)).float()
     if t.ndim == 1:
@@ -87,7 +84,7 @@ def _as_direction(array, path, layers=None) -> Direction:
     return Direction(t.contiguous(), layers)
 
 
-def load_npy(path: Path):
+def load_npy(path):
     """A ``.npy`` file: a plain numeric array, or an object array holding a pickled dict
     (IDInvert's boundaries), unpickled by ganinv's restricted unpickler (numeric arrays, numbers,
     strings, containers; nothing else). The header's shape is checked against the file size before
@@ -114,7 +111,7 @@ def load_npy(path: Path):
     return array.reshape(shape, order="F" if fortran else "C")
 
 
-def load_direction(path) -> Direction:
+def load_direction(path):
     """Read an InterFaceGAN direction: e4e ``.pt`` ([1, D] or [D]), InterFaceGAN ``.npy`` ([1, D]) or
     IDInvert ``.npy`` (dict with a layer-wise ``boundary`` [1, n_latent, D] and
     ``meta_data['manipulate_layers']``). Raises one-line errors naming the file."""
@@ -142,7 +139,7 @@ def load_direction(path) -> Direction:
     return _as_direction(data, path)
 
 
-def apply_direction(ws: Tensor, direction: Direction | Tensor, strengths) -> Tensor:
+def apply_direction(ws, direction, strengths):
     """ws [B, n_latent, D] -> [S, B, n_latent, D]: ws + s · direction on the direction's rows, one
     slice per strength s (InterFaceGAN/e4e: w + f·d; IDInvert: only ``manipulate_layers``).
     A bare tensor direction ([D], [1, D] or [n_latent, D]) edits every row."""

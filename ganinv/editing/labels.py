@@ -14,8 +14,6 @@ score the images with an attribute predictor) with the predictor a
 :class:`~ganinv.metrics.editability.FactorRegressor` trained on procedural faces, whose 12 factors
 (:data:`ganinv.data.procedural.FACTORS`) are known by construction.
 """
-from __future__ import annotations
-
 import csv
 import io
 from pathlib import Path
@@ -31,14 +29,15 @@ from ganinv.editing.interfacegan import load_npy
 KEY_COLUMNS = ("image", "key", "latent")
 
 
-def _npy_array(path) -> np.ndarray:
+def _npy_array(path):
     data = load_npy(Path(path))
     if not isinstance(data, np.ndarray) or data.dtype.kind not in "fiub":
         raise ValueError(f"{path}: expected a plain numeric .npy array, got {type(data).__name__}")
     return data
 
 
-def _check_codes(t, what, shapes=(2, 3)) -> Tensor:
+def _check_codes(t, what, shapes=(2, 3)):
+    """``t`` as a float32 tensor after checking it is a non-empty, finite ``shapes``-d float tensor."""
     if not isinstance(t, Tensor) or t.ndim not in shapes or not t.is_floating_point() or not t.numel():
         got = tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__
         raise ValueError(f"{what}: expected a float tensor of {' or '.join(f'{n}-d' for n in shapes)} codes, got {got}")
@@ -47,7 +46,7 @@ def _check_codes(t, what, shapes=(2, 3)) -> Tensor:
     return t.float()
 
 
-def saved_latents(run) -> dict[str, Tensor]:
+def saved_latents(run):
     """An invert.py output folder -> {key: W+ code [n_latent, D]}, keys sorted (``latents/<key>.pt``,
     keys may hold ``/``)."""
     root = Path(run) / "latents"
@@ -63,7 +62,7 @@ def saved_latents(run) -> dict[str, Tensor]:
     return out
 
 
-def load_latents(path, row="mean") -> tuple[list[str], Tensor]:
+def load_latents(path, row="mean"):
     """An invert.py folder or a codes file (module docstring) -> (keys, W codes [N, D] float32)."""
     path = Path(path)
     if path.is_dir():
@@ -87,7 +86,7 @@ def load_latents(path, row="mean") -> tuple[list[str], Tensor]:
     return keys, ws
 
 
-def read_scores(path, keys, attribute=None) -> tuple[list[int], Tensor]:
+def read_scores(path, keys, attribute=None):
     """Scores for ``keys`` -> (indices into ``keys`` of those that have one, their scores [n] float64).
     A CSV names its key and ``attribute`` columns (``attribute`` may be left out when there is one
     score column); a CSV key without a latent is an error (a typo would otherwise drop it silently);
@@ -134,7 +133,7 @@ def read_scores(path, keys, attribute=None) -> tuple[list[int], Tensor]:
 
 
 @torch.no_grad()
-def procedural_scores(generator, regressor, n_samples: int, seed: int = 0, batch: int = 256):
+def procedural_scores(generator, regressor, n_samples, seed=0, batch=256):
     """Sample w = mapping(z) (z ~ N(0, I) from ``seed``, no truncation), render G(w) with constant
     noise (clamped to [-1, 1]) and read the factors with ``regressor`` -> (w [N, D], scores [N, F])."""
     device = next(generator.parameters()).device

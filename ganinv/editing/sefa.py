@@ -7,9 +7,6 @@ ToRGBs share their row with a conv, which takes precedence, as in genforce). Eac
 [C_l, D] contributes its C_l rows, each normalised to unit length; the directions are the eigenvectors
 of AᵀA for the stacked A [ΣC_l, D].
 """
-from __future__ import annotations
-
-from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
@@ -25,7 +22,7 @@ class SeFa(NamedTuple):
     eigenvalues: Tensor  # [D], decreasing
 
 
-def modulation_weight(generator, row: int) -> Tensor:
+def modulation_weight(generator, row):
     """Modulation weight [C, D] of the layer consuming W+ row ``row`` of a rosinality-layout generator."""
     n_latent = generator.n_latent
     if not 0 <= row < n_latent:
@@ -40,7 +37,7 @@ def modulation_weight(generator, row: int) -> Tensor:
 
 
 @torch.no_grad()
-def sefa_directions(generator, layers="all") -> SeFa:
+def sefa_directions(generator, layers="all"):
     """Factorise the modulation weights of ``layers`` (W+ row indices, or genforce's strings such as
     '2-5'; 'all' = every row).
 
@@ -55,7 +52,7 @@ def sefa_directions(generator, layers="all") -> SeFa:
     return SeFa(rows, vectors.flip(1).T.float().contiguous(), values.flip(0).float())
 
 
-def apply_sefa(ws: Tensor, sefa: SeFa, index: int, strengths) -> Tensor:
+def apply_sefa(ws, sefa, index, strengths):
     """ws [B, n_latent, D] -> [S, B, n_latent, D]: ws + s · directions[index] on ``sefa.layers``."""
     if ws.ndim != 3:
         raise ValueError(f"apply_sefa: ws must be [B, n_latent, D], got {tuple(ws.shape)}")
@@ -69,7 +66,7 @@ def apply_sefa(ws: Tensor, sefa: SeFa, index: int, strengths) -> Tensor:
     return ws.unsqueeze(0) + s * (mask * sefa.directions[index].to(ws))
 
 
-def save_sefa(sefa: SeFa, n_latent: int, path, index: int) -> Path:
+def save_sefa(sefa, n_latent, path, index):
     """Write direction ``index`` atomically in IDInvert's layer-wise boundary layout (a ``.npy`` dict
     ``{'boundary': float32 [1, n_latent, D], 'meta_data': {'manipulate_layers': 'r0,r1,...'}}``, the
     direction on every row, its rows in ``manipulate_layers``), so ``interfacegan:PATH:STRENGTHS`` edits

@@ -74,55 +74,79 @@ def latent_noise_strength(t, w_std, noise=0.05, ramp=0.75):
 class OptimizationInversion(TargetsModule):
     """Invert ``targets`` [N, 3, H, W] in [-1, 1] into a frozen StyleGAN2 ``generator``.
 
-    latent_space: 'z' [N, D] (through the mapping), 'w' [N, D] or 'w+' [N, n_latent, D].
-    init: 'mean' (w̄ of ``n_mean_latent`` mapped z), 'random' (a per-image z, mapped for w/w+)
-      or 'encoder' (``encoder(targets)`` -> W+ [N, n_latent, D]; averaged over layers for 'w').
-    encoder: a callable images -> W+ codes (an nn.Module, e.g. IDInvertEncoder, or an
-      inverter's ``encode``), used frozen for ``init='encoder'`` and ``domain_lambda``.
-    steps / lr / betas / schedule: Adam on the latent; 'constant' lr or the 'projector' ramps
-      (``lr_rampup``, ``lr_rampdown`` fractions of ``steps``).
-    latent_noise / latent_noise_ramp: projector exploration noise (× σ_w), 0 disables.
-    noise_init: 'const' (G's stored maps) or 'random' (N(0, 1) per image) for per-image noise
-      maps, which exist when ``optimize_noise`` (jointly with the latent, regularised by
-      ``noise_regularize`` and renormalised per image after each step) or ``noise_steps`` > 0
-      (Image2StyleGAN++: afterwards, ``noise_steps`` steps on the noise maps only, MSE only,
-      lr ``noise_lr``); otherwise G's constant noise is used.
     Per-image loss: mse_lambda·MSE + lpips_lambda·LPIPS + vgg_lambda·Σ_l mean((F_l − F̂_l)²)
-      + id_lambda·(1 − cos) + domain_lambda·mean((w − E(G(w)))²) + noise_regularize·noise reg.
-      ``lpips`` (LPIPSLoss), ``vgg`` (VGG16Features), ``id_loss`` (IDLoss) are the networks.
-      Generator outputs are pooled to the target size; features (VGG) of images above
-      ``feature_resize`` are computed on images pooled to it.
-    early_stop_lpips: freeze an image's latent (and noise) from the first step its LPIPS is at or
-      below this value; the run stops when all are frozen. Needs ``lpips``.
-    mask: [N or 1, 1, h, w] in [0, 1], resized to the targets: the image terms (MSE, logcosh,
-      MS-SSIM, LPIPS, VGG, in both phases) compare M ⊙ G(w) with M ⊙ x, so masked-out pixels (M = 0)
-      give no gradient and are left to the generator (inpainting). ID, domain and D terms see the
-      whole image.
-    stylegan-encoder (pbaylies encode_images.py / encoder/perceptual_model.py; official defaults in
-      conf/invert/inversion/stylegan_encoder.yaml): logcosh_lambda·mean log cosh(127.5·(G(w) − x)),
-      msssim_lambda·(1 − MS-SSIM) (``msssim_betas`` one weight per scale), discriminator_lambda·
-      softplus(−D(G(w))) with a frozen ``discriminator`` (the official adds the raw mean D score:
-      deviation), l1_lambda·D·mean|w − w̄| (``dlatent_l1``); ``tile_dlatents`` optimises one w for
-      every layer (latent_space='w'); ``plateau_threshold`` / ``plateau_patience``: the official
-      early stop, per image: avg ← ½·avg + (L_prev − L), count steps with avg < threshold (reset
-      otherwise), freeze the image after the step where count > patience; ``schedule='exponential'``
-      is ``exponential_lr`` (``lr_decay_rate``, ``lr_decay_every`` fraction of ``steps``).
-    keys: a name per image (logging, per-image seeds). w_stats: precomputed (w̄, σ_w).
+      + id_lambda·(1 − cos) + domain_lambda·mean((w − E(G(w)))²) + noise_regularize·noise reg,
+      plus the stylegan-encoder terms logcosh_lambda·logcosh + msssim_lambda·(1 − MS-SSIM)
+      + discriminator_lambda·softplus(−D(G(w))) + l1_lambda·dlatent_l1 (pbaylies encode_images.py /
+      encoder/perceptual_model.py; deviation: the official adds the raw mean D score).
+    Each argument is described where it is declared in ``__init__``.
     """
 
     NOT_HPARAMS = ("generator", "targets", "encoder", "lpips", "vgg", "id_loss", "w_stats", "keys", "mask",
                    "discriminator")
 
-    def __init__(self, generator, targets, latent_space="w+", init="mean", encoder=None, steps=1000,
-                 lr=0.01, betas=(0.9, 0.999), schedule="constant", lr_rampup=0.05, lr_rampdown=0.25,
-                 latent_noise=0.0, latent_noise_ramp=0.75, noise_init="const", optimize_noise=False,
-                 noise_regularize=0.0, noise_steps=0, noise_lr=None, mse_lambda=1.0, lpips_lambda=0.0,
-                 lpips=None, vgg_lambda=0.0, vgg=None, feature_resize=256, id_lambda=0.0, id_loss=None,
-                 domain_lambda=0.0, early_stop_lpips=None, n_mean_latent=10000, w_stats=None, seed=0,
-                 keys=None, image_every=0, name="inversion", mask=None, logcosh_lambda=0.0,
-                 msssim_lambda=0.0, msssim_betas=MSSSIM_BETAS, discriminator_lambda=0.0, discriminator=None,
-                 l1_lambda=0.0, tile_dlatents=False, plateau_threshold=None, plateau_patience=10,
-                 lr_decay_rate=0.9, lr_decay_every=0.04):
+    def __init__(
+        self,
+        # Targets and latent / initialisation.
+        generator,                      # StyleGAN2 generator, used frozen (requires_grad off, eval mode)
+        targets,                        # images [N, 3, H, W] in [-1, 1] to invert
+        latent_space="w+",              # 'z' [N, D] (through the mapping), 'w' [N, D] or 'w+' [N, n_latent, D]
+        init="mean",                    # 'mean' (w̄ of n_mean_latent mapped z), 'random' (a per-image z, mapped
+                                        #   for w/w+) or 'encoder' (encoder(targets) -> W+; layer mean for 'w')
+        encoder=None,                   # callable images -> W+ [N, n_latent, D] (nn.Module, e.g. IDInvertEncoder,
+                                        #   or an inverter's encode), frozen; for init='encoder', domain_lambda
+        # Schedule (Adam on the latent).
+        steps=1000,                     # optimisation steps on the latent
+        lr=0.01,                        # Adam learning rate (projector: 0.1)
+        betas=(0.9, 0.999),             # Adam betas
+        schedule="constant",            # 'constant' lr, 'projector' ramps or 'exponential' (stylegan-encoder)
+        lr_rampup=0.05,                 # projector lr ramp-up, fraction of steps
+        lr_rampdown=0.25,               # projector cosine lr ramp-down, fraction of steps
+        latent_noise=0.0,               # projector exploration noise on the latent (× σ_w); 0 disables
+        latent_noise_ramp=0.75,         # fraction of steps over which the latent noise decays to 0
+        # Noise maps: per-image maps exist when optimize_noise or noise_steps > 0, else G's constant noise.
+        noise_init="const",             # 'const' (G's stored maps) or 'random' (N(0, 1) per image)
+        optimize_noise=False,           # optimise the maps jointly with the latent (renormalised per image each step)
+        noise_regularize=0.0,           # weight of the noise autocorrelation regulariser (projector: 1e5)
+        noise_steps=0,                  # Image2StyleGAN++: then this many steps on the noise maps only, MSE only
+        noise_lr=None,                  # lr of the noise-only phase (None: lr)
+        # Per-image loss weights and their networks. Generator outputs are pooled to the target size.
+        mse_lambda=1.0,                 # MSE
+        lpips_lambda=0.0,               # LPIPS
+        lpips=None,                     # LPIPSLoss network
+        vgg_lambda=0.0,                 # Σ_l mean((F_l − F̂_l)²) over VGG feature layers
+        vgg=None,                       # VGG16Features network
+        feature_resize=256,             # VGG features of images above this size are computed pooled to it
+        id_lambda=0.0,                  # 1 − cos of face-ID embeddings
+        id_loss=None,                   # IDLoss network
+        domain_lambda=0.0,              # IDInvert domain regulariser mean((w − E(G(w)))²); needs encoder
+        early_stop_lpips=None,          # freeze an image from the first step its LPIPS <= this (needs lpips);
+                                        #   the run stops when all are frozen
+        # Bookkeeping.
+        n_mean_latent=10000,            # mapped z averaged for w̄ and σ_w
+        w_stats=None,                   # precomputed (w̄, σ_w), instead of n_mean_latent samples
+        seed=0,                         # run seed; each image's randomness is seeded by (seed, key)
+        keys=None,                      # a name per image (logging, per-image seeds)
+        image_every=0,                  # log a target / reconstruction grid every this many steps; 0 never
+        name="inversion",               # prefix of the logged image grid
+        mask=None,                      # [N or 1, 1, h, w] in [0, 1], resized to the targets; image terms (MSE,
+                                        #   logcosh, MS-SSIM, LPIPS, VGG, both phases) compare M ⊙ G(w) with
+                                        #   M ⊙ x, M = 0 is left to the generator (inpainting); ID, domain and D
+                                        #   terms see the whole image
+        # stylegan-encoder options (official defaults: conf/invert/inversion/stylegan_encoder.yaml).
+        logcosh_lambda=0.0,             # mean log cosh(127.5·(G(w) − x))
+        msssim_lambda=0.0,              # 1 − MS-SSIM
+        msssim_betas=MSSSIM_BETAS,      # MS-SSIM weight per scale
+        discriminator_lambda=0.0,       # softplus(−D(G(w))) (the official adds the raw mean D score: deviation)
+        discriminator=None,             # D network for discriminator_lambda, used frozen
+        l1_lambda=0.0,                  # D·mean|w − w̄| (dlatent_l1)
+        tile_dlatents=False,            # optimise one w for every layer (latent_space='w')
+        plateau_threshold=None,         # official per-image early stop: avg ← ½·avg + (L_prev − L), count steps
+                                        #   with avg < threshold (reset otherwise); None disables
+        plateau_patience=10,            # freeze an image after the step where that count > patience
+        lr_decay_rate=0.9,              # schedule='exponential' (exponential_lr): staircase factor
+        lr_decay_every=0.04,            # ... applied every this fraction of steps
+    ):
         if tile_dlatents:  # stylegan-encoder's tiled dlatents: one w for every layer
             if latent_space == "z":
                 raise ValueError("tile_dlatents=true optimises one w; it cannot be combined with latent_space=z")

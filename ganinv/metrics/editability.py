@@ -5,13 +5,11 @@ what it did to them: a :class:`FactorRegressor`, trained on real rendered faces,
 the original and the edited images, and :func:`editability_score` reports how far the target factor
 moved against how far the others — and the identity factors in particular — drifted.
 """
-from __future__ import annotations
-
 import math
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from ganinv.checkpoints import load_torch, save_atomic
 from ganinv.data.procedural import FACTORS, ProceduralFaces, render_batch
@@ -29,7 +27,7 @@ class FactorRegressor(nn.Module):
     BatchNorm halve the resolution down to 4×4 (widths ``width``·(1, 2, 4, 4, ...)), then an MLP head.
     """
 
-    def __init__(self, n_factors: int = len(FACTORS), size: int = 64, width: int = 16):
+    def __init__(self, n_factors=len(FACTORS), size=64, width=16):  # noqa: B008 (len of a constant tuple)
         super().__init__()
         if size < 8 or size & (size - 1):
             raise ValueError(f"FactorRegressor: size must be a power of two >= 8, got {size}")
@@ -42,18 +40,18 @@ class FactorRegressor(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = nn.Sequential(nn.Flatten(), nn.Linear(ch * 16, 256), nn.ReLU(), nn.Linear(256, n_factors))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x):
         if x.shape[-2:] != (self.size, self.size):
             x = F.interpolate(x, (self.size, self.size), mode="bilinear", align_corners=False, antialias=True)
         return torch.sigmoid(self.head(self.features(x)))
 
 
-def _render(factors: Tensor, size: int, chunk: int = 256) -> Tensor:
+def _render(factors, size, chunk=256):
     return torch.cat([render_batch(factors[i:i + chunk], size) for i in range(0, len(factors), chunk)])
 
 
 @torch.no_grad()
-def evaluate_regressor(regressor: FactorRegressor, n: int = 512, seed: int = 0) -> dict:
+def evaluate_regressor(regressor, n=512, seed=0):
     """Mean squared error of the regressor on ``n`` validation faces (the 'val' split of
     :class:`ProceduralFaces`), next to the predict-the-mean baseline: ``{'val_mse', 'baseline_mse',
     'val_mse_per_factor'}`` (floats, and a list in FACTORS order)."""
@@ -71,9 +69,8 @@ def evaluate_regressor(regressor: FactorRegressor, n: int = 512, seed: int = 0) 
             "val_mse_per_factor": per_factor.tolist()}
 
 
-def train_factor_regressor(steps: int = 600, batch: int = 64, size: int = 64, seed: int = 0,
-                           width: int = 16, lr: float = 2e-3, pool: int = 2048, refresh: int = 4,
-                           val_size: int = 512, device=None):
+def train_factor_regressor(steps=600, batch=64, size=64, seed=0, width=16, lr=2e-3, pool=2048, refresh=4, val_size=512,
+                           device=None):
     """Train a :class:`FactorRegressor` on procedural faces rendered on the fly; -> (regressor in eval
     mode, :func:`evaluate_regressor` stats).
 
@@ -109,14 +106,14 @@ def train_factor_regressor(steps: int = 600, batch: int = 64, size: int = 64, se
     return model, evaluate_regressor(model, n=val_size, seed=seed)
 
 
-def save_regressor(regressor: FactorRegressor, path, stats: dict | None = None):
+def save_regressor(regressor, path, stats=None):
     """Write the regressor (and optional stats) atomically; read it back with :func:`load_regressor`."""
     return save_atomic({"state_dict": regressor.state_dict(), "n_factors": regressor.n_factors,
                         "size": regressor.size, "width": regressor.width, "factors": list(FACTORS),
                         "stats": stats or {}}, path)
 
 
-def load_regressor(path) -> FactorRegressor:
+def load_regressor(path):
     """A regressor saved by :func:`save_regressor` (safe loading: tensors and plain data only), in
     eval mode. Refuses one trained for a different factor list."""
     data = load_torch(path, "factor regressor")
@@ -131,8 +128,7 @@ def load_regressor(path) -> FactorRegressor:
 
 
 @torch.no_grad()
-def editability_score(original: Tensor, edited: Tensor, target: int | str,
-                      regressor: FactorRegressor) -> dict:
+def editability_score(original, edited, target, regressor):
     """Score an edit meant to change factor ``target`` (index or name in FACTORS).
 
     original, edited: images [B, 3, H, W] in [-1, 1] (e.g. the inversion and its edit). With the

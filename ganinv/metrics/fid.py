@@ -7,14 +7,12 @@ hub cache (``torch.hub.get_dir()/checkpoints``). Here it must already be there, 
 extractor can be passed as ``feature=`` (an nn.Module mapping [N, 3, H, W] images in [0, 1] to
 [N, F]), which needs neither torch-fidelity nor weights.
 """
-from __future__ import annotations
-
 import importlib.util
 import warnings
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 from torchmetrics.image.fid import FrechetInceptionDistance, NoTrainInceptionV3
 from torchmetrics.image.kid import KernelInceptionDistance
 
@@ -22,7 +20,7 @@ INCEPTION_WEIGHTS = "weights-inception-2015-12-05-6726825d.pth"
 INCEPTION_URL = f"https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/{INCEPTION_WEIGHTS}"
 
 
-def inception_weights_path(weights_path=None) -> Path:
+def inception_weights_path(weights_path=None):
     """The Inception weights file to use: ``weights_path`` or torch-fidelity's place in the hub cache.
     Raises FileNotFoundError naming the file and folder when it is absent."""
     path = Path(weights_path) if weights_path is not None else (
@@ -33,7 +31,7 @@ def inception_weights_path(weights_path=None) -> Path:
     return path
 
 
-def _torch_fidelity_available() -> bool:
+def _torch_fidelity_available():
     return importlib.util.find_spec("torch_fidelity") is not None
 
 
@@ -42,12 +40,12 @@ class _QuantisedInception(nn.Module):
 
     num_features = 2048
 
-    def __init__(self, weights_path: Path):
+    def __init__(self, weights_path):
         super().__init__()
         self.net = NoTrainInceptionV3(name="inception-v3-compat", features_list=["2048"],
                                       feature_extractor_weights_path=str(weights_path))
 
-    def forward(self, x: Tensor) -> Tensor:
+    def forward(self, x):
         return self.net((x * 255).byte())
 
 
@@ -61,8 +59,7 @@ class DistributionMetrics(nn.Module):
     torch-fidelity compute it.
     """
 
-    def __init__(self, feature: nn.Module | None = None, weights_path=None, kid_subsets: int = 100,
-                 kid_subset_size: int = 1000):
+    def __init__(self, feature=None, weights_path=None, kid_subsets=100, kid_subset_size=1000):
         super().__init__()
         if feature is None:
             path = inception_weights_path(weights_path)
@@ -81,7 +78,7 @@ class DistributionMetrics(nn.Module):
                                                subset_size=kid_subset_size)
 
     @torch.no_grad()
-    def update(self, images: Tensor, real: bool) -> None:
+    def update(self, images, real):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"DistributionMetrics.update: expected images [B, 3, H, W], "
                              f"got {tuple(images.shape)}")
@@ -89,12 +86,12 @@ class DistributionMetrics(nn.Module):
         self.fid.update(x, real=real)
         self.kid.update(x, real=real)
 
-    def compute(self) -> dict[str, float]:
+    def compute(self):
         seen = min(sum(len(f) for f in self.kid.real_features), sum(len(f) for f in self.kid.fake_features))
         self.kid.subset_size = min(self.kid_subset_size, seen)
         kid_mean, kid_std = self.kid.compute()
         return {"fid": float(self.fid.compute()), "kid_mean": float(kid_mean), "kid_std": float(kid_std)}
 
-    def reset(self) -> None:
+    def reset(self):
         self.fid.reset()
         self.kid.reset()

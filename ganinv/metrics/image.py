@@ -7,41 +7,39 @@ Scales: MSE is taken on the [-1, 1] images, the convention of pSp's and e4e's
 CelebA-HQ); it is 4x the MSE of the same images in [0, 1]. PSNR and SSIM use [0, 1] images with
 data range 1, the usual image-quality convention (torchmetrics' defaults: Gaussian window 11, σ 1.5).
 """
-from __future__ import annotations
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
 
 
-def _check(y_hat: Tensor, y: Tensor, what: str) -> tuple[Tensor, Tensor]:
+def _check(y_hat, y, what):
+    """(y_hat, y) detached, float32 and clamped to [-1, 1], after checking both are [B, C, H, W] alike."""
     if y_hat.ndim != 4 or y_hat.shape != y.shape:
         raise ValueError(f"{what}: expected two image batches [B, C, H, W] of equal shape, "
                          f"got {tuple(y_hat.shape)} and {tuple(y.shape)}")
     return y_hat.detach().float().clamp(-1, 1), y.detach().float().clamp(-1, 1)
 
 
-def mse(y_hat: Tensor, y: Tensor) -> Tensor:
+def mse(y_hat, y):
     """Mean squared error over C, H, W of the [-1, 1] images -> [B]."""
     y_hat, y = _check(y_hat, y, "mse")
     return (y_hat - y).square().flatten(1).mean(1)
 
 
-def psnr(y_hat: Tensor, y: Tensor) -> Tensor:
+def psnr(y_hat, y):
     """PSNR in dB of the [0, 1] images, data range 1 -> [B] (inf for identical images)."""
     y_hat, y = _check(y_hat, y, "psnr")
     return peak_signal_noise_ratio((y_hat + 1) / 2, (y + 1) / 2, data_range=1.0, reduction="none",
                                    dim=(1, 2, 3))
 
 
-def ssim(y_hat: Tensor, y: Tensor) -> Tensor:
+def ssim(y_hat, y):
     """SSIM of the [0, 1] images, data range 1 -> [B] (1 for identical images)."""
     y_hat, y = _check(y_hat, y, "ssim")
     return structural_similarity_index_measure((y_hat + 1) / 2, (y + 1) / 2, data_range=1.0, reduction="none")
 
 
-def lpips_distance(y_hat: Tensor, y: Tensor, lpips) -> Tensor:
+def lpips_distance(y_hat, y, lpips):
     """LPIPS distance -> [B], with a :class:`ganinv.losses.LPIPSLoss` (which pools inputs above its
     ``resize`` to that size, as pSp does)."""
     y_hat, y = _check(y_hat, y, "lpips")
@@ -49,7 +47,7 @@ def lpips_distance(y_hat: Tensor, y: Tensor, lpips) -> Tensor:
         return lpips(y_hat, y, per_image=True)
 
 
-def id_similarity(y_hat: Tensor, y: Tensor, id_loss) -> Tensor:
+def id_similarity(y_hat, y, id_loss):
     """Cosine similarity of ArcFace embeddings (pSp/e4e's ID metric) -> [B], with a
     :class:`ganinv.losses.IDLoss` (its ``extract_feats`` crops and pools the face region)."""
     y_hat, y = _check(y_hat, y, "id_similarity")
@@ -57,7 +55,7 @@ def id_similarity(y_hat: Tensor, y: Tensor, id_loss) -> Tensor:
         return F.cosine_similarity(id_loss.extract_feats(y_hat), id_loss.extract_feats(y), dim=1)
 
 
-def compute_image_metrics(y_hat: Tensor, y: Tensor, lpips=None, id_loss=None) -> dict[str, Tensor]:
+def compute_image_metrics(y_hat, y, lpips=None, id_loss=None):
     """``{'mse', 'psnr', 'ssim'}`` plus ``'lpips'`` / ``'id'`` when those models are given; each [B]."""
     out = {"mse": mse(y_hat, y), "psnr": psnr(y_hat, y), "ssim": ssim(y_hat, y)}
     if lpips is not None:

@@ -9,24 +9,18 @@ An encoder whose inversions commute with editing scores 0. e4e averages LEC over
 the batch means below the 1st or above the 99th percentile (numpy 'lower'/'higher' interpolation),
 and averages the rest; :func:`latent_editing_consistency` does the same.
 """
-from __future__ import annotations
-
-from collections.abc import Callable, Iterable
-
 import numpy as np
 import torch
-from torch import Tensor
 
 
-def shift_edit(direction: Tensor, factor: float = 3.0) -> tuple[Callable, Callable]:
+def shift_edit(direction, factor=3.0):
     """(edit, inverse) for the linear edit w ± factor·direction used in e4e's LEC example (an
     InterFaceGAN direction [1, D] or [D], factor 3)."""
     return (lambda ws: ws + factor * direction.to(ws)), (lambda ws: ws - factor * direction.to(ws))
 
 
 @torch.no_grad()
-def lec_distances(images: Tensor, encode: Callable, decode: Callable, edit: Callable,
-                  inverse_edit: Callable) -> Tensor:
+def lec_distances(images, encode, decode, edit, inverse_edit):
     """Per-image LEC [B] for images [B, 3, H, W]; ``encode`` images -> ws [B, n_latent, D],
     ``decode`` ws -> images the encoder accepts (e.g. synthesis followed by pSp's face pooling)."""
     codes = encode(images)
@@ -36,7 +30,7 @@ def lec_distances(images: Tensor, encode: Callable, decode: Callable, edit: Call
     return (codes - recovered).flatten(1).norm(dim=1)
 
 
-def filter_outliers(values) -> np.ndarray:
+def filter_outliers(values):
     """Keep the values between the 1st ('lower') and 99th ('higher') percentiles, as e4e does."""
     arr = np.asarray(values, dtype=np.float64).reshape(-1)
     lo = np.percentile(arr, 1, method="lower")
@@ -44,8 +38,7 @@ def filter_outliers(values) -> np.ndarray:
     return arr[(lo <= arr) & (arr <= hi)]
 
 
-def latent_editing_consistency(batches: Iterable, encode: Callable, decode: Callable, edit: Callable,
-                               inverse_edit: Callable) -> float:
+def latent_editing_consistency(batches, encode, decode, edit, inverse_edit):
     """e4e's LEC score over ``batches`` (image tensors, or (images, ...) tuples as data loaders yield):
     per-batch mean distance, 1–99 percentile filtering across batches, mean."""
     means = []
