@@ -13,7 +13,7 @@ import pytorch_lightning as pl
 import torch
 from hydra.utils import instantiate
 from lightning_fabric.loggers.logger import rank_zero_experiment
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import OmegaConf
 from pytorch_lightning.callbacks import ProgressBar
 from pytorch_lightning.loggers import CSVLogger
 from pytorch_lightning.loggers.csv_logs import ExperimentWriter
@@ -33,7 +33,7 @@ WANDB_RUN_ID = "wandb_run_id.txt"
 STEP_IN_NAME = re.compile(r"step[=_](\d+)")
 
 
-def require_method(cfg: DictConfig):
+def require_method(cfg):
     if cfg.get("method") is None:
         methods = "|".join(available_methods())
         print(f"train.py: no method given; choose one with +method={methods}", file=sys.stderr)
@@ -272,7 +272,8 @@ class AtomicCSVLogger(CSVLogger):
         return self._experiment
 
 
-def train(cfg: DictConfig):
+def train(cfg):
+    """The composed train config (DictConfig, conf/train.yaml + overrides) -> fit, test, export."""
     require_method(cfg)
     check_accelerator(cfg.trainer)
     ckpt_path, checkpoint = resolve_resume(cfg.get("resume"), cfg.paths.checkpoint_dir)
@@ -303,7 +304,7 @@ def train(cfg: DictConfig):
     return trainer
 
 
-def main(cfg: DictConfig):
+def main(cfg):
     """train() for the command line: a bad input is one line on stderr and exit status 2."""
     with one_line_errors("train.py"):
         return train(cfg)

@@ -64,9 +64,34 @@ def reals_at(x, lod, blend, resolution):
 
 
 class ALAE(pl.LightningModule):
-    def __init__(self, size=32, startf=16, maxf=512, latent_size=512, mapping_layers=8, channels=3,
-                 learning_rates=(0.0015,), betas=(0.0, 0.99), r1_gamma=10.0, style_mixing_prob=0.9,
-                 dlatent_avg_beta=0.995, images_per_lod=960000, ema_kimg=10.0, image_every=500, n_sample=8):
+    """StyleALAE's F, G, E and D trained from scratch with the recipe of the module docstring.
+
+    Each argument is described where it is declared in ``__init__``.
+    """
+
+    def __init__(
+        self,
+        # Architecture (official widths: the FFHQ config, configs/ffhq.yaml).
+        size=32,                        # image side in px, a power of two >= 4 (the data size); LAYER_COUNT =
+                                        #   log2(size) − 1 (official FFHQ: 1024 px, 9 layers)
+        startf=16,                      # START_CHANNEL_COUNT (official 16)
+        maxf=512,                       # MAX_CHANNEL_COUNT (official 512)
+        latent_size=512,                # LATENT_SPACE_SIZE: the size of z and w (official 512)
+        mapping_layers=8,               # MAPPING_LAYERS of F (official 8); D's mapping has the official fixed 3
+        channels=3,                     # image channels, MODEL.CHANNELS (official 3)
+        # Optimisation: LREQAdam for E + D (encoder_optimizer) and for F + G (decoder_optimizer).
+        learning_rates=(0.0015,),       # lr per LOD (4, 8, ..., 1024 px), the last entry repeating (official FFHQ:
+                                        #   0.0015 for 4..128 px, 0.002, 0.003, 0.003)
+        betas=(0.0, 0.99),              # Adam betas, TRAIN.ADAM_BETA_0 / _1 (official (0, 0.99)); eps 1e-8, no decay
+        r1_gamma=10.0,                  # R1 weight γ (γ/2·‖∇ₓD(E(x))‖² on reals, every step; official 10); 0 off
+        style_mixing_prob=0.9,          # probability of style mixing in steps (a) and (b) (official 0.9)
+        dlatent_avg_beta=0.995,         # β of dlatent_avg's running mean of F(z) (official 0.995)
+        images_per_lod=960000,          # training images per LOD cycle (official 16 epochs × 60 000); 0: full size
+        ema_kimg=10.0,                  # half-life of the EMA copy model_s, thousand images (official 10)
+        # Logging.
+        image_every=500,                # iterations between sample grids (input | EMA G(E(x)) | EMA G(F(z))); 0 never
+        n_sample=8,                     # rows of the sample grid (fixed z, seed 0)
+    ):
         super().__init__()
         self.save_hyperparameters(logger=False)
         layer_count = int(math.log2(size)) - 1

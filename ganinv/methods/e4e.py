@@ -42,9 +42,34 @@ from .ranger import make_optimizer
 
 
 class E4E(EncoderMethod):
-    def __init__(self, generator, encoder, w_discriminator_lambda=0.1, w_discriminator_lr=2e-5,
-                 r1=10.0, d_reg_every=16, w_pool_size=50, delta_norm=2, delta_norm_lambda=2e-4,
-                 progressive_start=None, progressive_step_every=2000, z_sampler=None, **kwargs):
+    """e4e training on top of :class:`EncoderMethod`, per iteration as in the module docstring.
+
+    Each argument is described where it is declared in ``__init__``.
+    """
+
+    def __init__(
+        self,
+        # Networks.
+        generator,                      # StyleGAN2 generator (frozen unless train_decoder, see EncoderMethod)
+        encoder,                        # Encoder4Editing: images -> W+ [B, n_latent, D] (w plus deltas), or a
+                                        #   callable n_styles -> one (given generator.n_latent)
+        # Latent discriminator (official defaults: conf/method/e4e.yaml).
+        w_discriminator_lambda=0.1,     # latent D term's weight in the encoder loss (official 0.1); 0: no latent D
+        w_discriminator_lr=2e-5,        # Adam lr of the latent D (official 2e-5)
+        r1=10.0,                        # R1 weight of the latent D on real w (official 10); 0 off
+        d_reg_every=16,                 # lazy R1 interval, iterations (official 16)
+        w_pool_size=50,                 # codes in each pool of past real / fake w shown to the latent D (official
+                                        #   50); 0: no pools (the latent D sees row 0 of the fakes)
+        # Progressive deltas.
+        delta_norm=2,                   # p of the delta regularisation's norm ‖w_i − w_0‖_p (official 2)
+        delta_norm_lambda=2e-4,         # weight of the delta regularisation (official 2e-4)
+        progressive_start=None,         # iteration that enables delta 1 (official 20000); None: every delta on
+                                        #   ('all'), no delta regularisation
+        progressive_step_every=2000,    # iterations between progressive stages (official 2000)
+        # Latent D's real codes and the shared options.
+        z_sampler=None,                 # (module, n) -> z [n, style_dim], replaces the real-w draw; None: seeded
+        **kwargs,                       # EncoderMethod's arguments (losses, Ranger lr 1e-4, init, export)
+    ):
         if callable(encoder) and not isinstance(encoder, torch.nn.Module):
             encoder = encoder(n_styles=generator.n_latent)
         super().__init__(generator, encoder, **kwargs)

@@ -53,27 +53,51 @@ class EncoderMethod(pl.LightningModule):
     [B, 3, H, W] in [-1, 1]). Generator outputs larger than the target are average-pooled to
     it (pSp's ``face_pool``). Loss weights follow the official option names (``*_lambda``);
     a weight of 0 skips the loss and never builds its network.
-
-    ``encoder_init`` is the official initialisation of the new encoder (``irse50``: pSp's
-    ``load_weights`` from ``encoder_init_weights`` = ``model_ir_se50.pth``, input layer kept
-    when ``label_nc != 0``; ``resnet34_imagenet``: ReStyle's ResNet-34; ``none``), see
-    :mod:`ganinv.nets.encoder_init`. ``init_from`` (fine-tuning, official ``--checkpoint_path``)
-    replaces it: the encoder, decoder and latent_avg of an official pSp/e4e ``.pt`` or a ganinv
-    export are loaded (:meth:`load_init_from`); optimizers start fresh at step 0, unlike
-    ``resume``, the exact continuation of a ganinv run.
-
-    ``dataset_type`` is the official option: ``cars_encode`` crops the output as e4e's coach
-    (:func:`cars_crop`), and it is written to the export's ``opts``, which the official inference
-    scripts read. ``export_opts``: further official ``opts`` entries written as given (e.g.
-    ``test_batch_size``, ``resize_factors``, ``stylegan_weights``; see :meth:`official_opts`).
+    Each argument is described where it is declared in ``__init__``.
     """
 
-    def __init__(self, generator, encoder, start_from_latent_avg=True, train_decoder=False,
-                 lr=1e-4, optimizer="ranger", l2_lambda=1.0, lpips_lambda=0.8, id_lambda=0.0,
-                 moco_lambda=0.0, w_norm_lambda=0.0, l2_lambda_crop=0.0, lpips_lambda_crop=0.0,
-                 lpips=None, id_weights=None, moco_weights=None, train_noise_mode="random",
-                 image_every=250, n_mean_latent=10000, encoder_init="none", encoder_init_weights=None,
-                 label_nc=0, init_from=None, dataset_type="ffhq_encode", export_opts=None):
+    def __init__(
+        self,
+        # Networks and codes.
+        generator,                      # StyleGAN2 generator: y_hat = G.synthesis(codes); frozen unless train_decoder
+        encoder,                        # x [B, input_nc, H, W] -> W+ [B, n_latent, D] (or one w [B, D], broadcast)
+        start_from_latent_avg=True,     # add latent_avg [n_latent, D] to E(x) (G's, else the mean of mapped z)
+        train_decoder=False,            # also train the generator (official --train_decoder)
+        # Optimiser.
+        lr=1e-4,                        # learning rate (official 1e-4)
+        optimizer="ranger",             # 'ranger' (pSp/e4e, official optim_name) or 'adam' (torch defaults)
+        # Reconstruction loss weights, official names (pSp FFHQ: l2 1, lpips 0.8, id 0.1), and their networks.
+        l2_lambda=1.0,                  # MSE(y_hat, y)
+        lpips_lambda=0.8,               # LPIPS(y_hat, y); needs lpips
+        id_lambda=0.0,                  # ArcFace ID loss 1 − cos (IDLoss of id_weights)
+        moco_lambda=0.0,                # MoCo-v2 ResNet-50 1 − cos (MocoLoss of moco_weights)
+        w_norm_lambda=0.0,              # pSp WNormLoss Σ_b ‖w_b − latent_avg‖ / B
+        l2_lambda_crop=0.0,             # MSE on pSp's [35:223, 32:220] face crop (scaled to the image size)
+        lpips_lambda_crop=0.0,          # LPIPS on that crop; needs lpips
+        lpips=None,                     # LPIPSLoss network (the LPIPS terms and val/lpips)
+        id_weights=None,                # ArcFace IR-SE50 weights file (model_ir_se50.pth) for id_lambda
+        moco_weights=None,              # MoCo-v2 weights file for moco_lambda
+        # Generator noise and bookkeeping.
+        train_noise_mode="random",      # G's noise in training (official randomize_noise=True); validation: 'const'
+        image_every=250,                # train input / reconstruction / target grid every this many steps; 0 never
+        n_mean_latent=10000,            # mapped z averaged for latent_avg when the generator has none
+        # Initialisation, fine-tuning and export.
+        encoder_init="none",            # the new encoder's initialisation (see ganinv.nets.encoder_init): 'irse50'
+                                        #   (official: pSp's load_weights of encoder_init_weights),
+                                        #   'resnet34_imagenet' (ReStyle's ResNet-34) or 'none'
+        encoder_init_weights=None,      # weights file of encoder_init (irse50: model_ir_se50.pth)
+        label_nc=0,                     # pSp label_nc: != 0 keeps the input layer out of the irse50 init; > 1 shows
+                                        #   inputs as class maps in grids
+        init_from=None,                 # fine-tuning (official --checkpoint_path): the encoder, decoder and
+                                        #   latent_avg of an official pSp/e4e .pt or a ganinv export (load_init_from),
+                                        #   replacing encoder_init; optimizers start fresh at step 0, unlike resume
+                                        #   (the exact continuation of a run)
+        dataset_type="ffhq_encode",     # official option, written to the export's opts (read by the official
+                                        #   inference scripts); 'cars_encode' also applies e4e's cars crop (cars_crop)
+        export_opts=None,               # further official opts written to the export as given (e.g. test_batch_size,
+                                        #   resize_factors, stylegan_weights; see official_opts); MODEL_OPTS keys, set
+                                        #   from the model, are refused
+    ):
         super().__init__()
         fixed = sorted(set(export_opts or {}) & set(MODEL_OPTS))
         if fixed:

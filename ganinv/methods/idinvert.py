@@ -17,9 +17,33 @@ from .encoder import EncoderMethod
 
 
 class IDInvert(EncoderMethod):
-    def __init__(self, generator, encoder, discriminator, vgg=None, lr=1e-4, lr_d=1e-4, mse_lambda=1.0,
-                 feature_lambda=5e-5, adv_lambda=0.08, r1_gamma=10.0, lr_decay=0.8, decay_every=None,
-                 image_every=250, n_mean_latent=10000):
+    """IDInvert's domain-guided encoder on top of :class:`EncoderMethod`, trained as in the module
+    docstring. Each argument is described where it is declared in ``__init__``.
+    """
+
+    def __init__(
+        self,
+        # Networks.
+        generator,                      # StyleGAN2 generator, frozen, constant noise
+        encoder,                        # IDInvertEncoder: images -> W+ [B, n_latent, D] (no latent_avg), or a
+                                        #   callable resolution -> one (given generator.size)
+        discriminator,                  # the generator's own D, fine-tuned in step 1
+        vgg=None,                       # VGG16Features network (conv4_3) for feature_lambda
+        # Optimisers: Adam(0.9, 0.99, 1e-8) for E and for D.
+        lr=1e-4,                        # encoder lr (official 1e-4)
+        lr_d=1e-4,                      # discriminator lr (official 1e-4)
+        # Encoder loss weights.
+        mse_lambda=1.0,                 # ‖x − G(E(x))‖² (official 1)
+        feature_lambda=5e-5,            # ‖F(x) − F(G(E(x)))‖², F = VGG16 conv4_3 (official 5e-5); > 0 needs vgg
+        adv_lambda=0.08,                # softplus(−D(G(E(x)))) (official 0.08)
+        r1_gamma=10.0,                  # γ of D's R1 penalty (γ/2)·E‖∇D(x)‖² on reals, every D step (official 10)
+        # Learning-rate decay (official: ×0.8 every quarter of training).
+        lr_decay=0.8,                   # factor on both lrs every decay_every iterations
+        decay_every=None,               # iterations between decays; None: a quarter of trainer.max_steps
+        # Bookkeeping.
+        image_every=250,                # train input / reconstruction / target grid every this many steps; 0 never
+        n_mean_latent=10000,            # mapped z averaged for EncoderMethod's latent_avg (not added to the codes)
+    ):
         if callable(encoder) and not isinstance(encoder, torch.nn.Module):
             encoder = encoder(resolution=generator.size)
         if feature_lambda > 0 and vgg is None:

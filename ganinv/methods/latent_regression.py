@@ -68,17 +68,41 @@ def pair_indices(draw, count, seed, n_samples=None, chunk_epochs=1):
 class LatentRegression(EncoderMethod):
     """A :class:`~ganinv.nets.regression_encoder.RegressionEncoder` (or any images -> W+ / w net)
     regressing the latents of its frozen generator's samples; see the module docstring.
-
-    ``image_size``: the encoder's input side, capped at the generator size (official --image_size
-    256). ``imagenet_weights``: a torchvision ResNet state dict for the trunk (None: random init).
-    ``val_samples``: held-out pairs for ``val/w_*`` (the trainer's ``limit_val_batches`` bounds the
-    real-image part). The remaining arguments are :class:`EncoderMethod`'s.
+    Each argument is described where it is declared in ``__init__``.
     """
 
-    def __init__(self, generator, encoder, imagenet_weights=None, loss="logcosh", lr=1e-3, betas=(0.9, 0.999),
-                 eps=1e-7, batch_size=16, n_samples=2048, chunk_epochs=2, truncation=0.7, mirror=True,
-                 style_groups=True, image_size=256, val_samples=512, start_from_latent_avg=True, lpips=None,
-                 image_every=250, n_mean_latent=10000, init_from=None, export_opts=None):
+    def __init__(
+        self,
+        # Networks (official defaults: conf/method/latent_regression.yaml).
+        generator,                      # StyleGAN2 generator, frozen, whose samples G(w) -> w are regressed
+        encoder,                        # RegressionEncoder (or any images -> W+ / w net), or a callable (n_styles,
+                                        #   style_dim, input_size) -> one
+        imagenet_weights=None,          # torchvision ResNet state dict for the trunk (official: keras ImageNet
+                                        #   weights); None: random init; not loaded with init_from
+        # Regression loss and Adam (official: keras Adam defaults).
+        loss="logcosh",                 # 'logcosh' (keras logcosh, official --loss) or 'mse', on W+
+        lr=1e-3,                        # learning rate (official 0.001)
+        betas=(0.9, 0.999),             # Adam betas (official (0.9, 0.999))
+        eps=1e-7,                       # Adam epsilon (official 1e-7; torch's default is 1e-8)
+        # Training pairs from the generator (GeneratorSampledDataset, constant noise).
+        batch_size=16,                  # pairs per step (official --minibatch_size 16)
+        n_samples=2048,                 # fresh pairs per chunk (official --batch_size 2048); None: every draw fresh
+        chunk_epochs=2,                 # passes over each chunk, reshuffled each pass (official --epochs 2)
+        truncation=0.7,                 # truncation of the sampled w towards the generator's mean w (official 0.7)
+        mirror=True,                    # every w also at −truncation (official: the "negative image pair")
+        style_groups=True,              # several w's per image over consecutive layers (official: 2/3 or n_latent/2);
+                                        #   False for a learn_in_w encoder
+        image_size=256,                 # encoder input side in px, at most the generator size (official 256)
+        val_samples=512,                # held-out pairs for val/w_* (official --test_size 512); the trainer's
+                                        #   limit_val_batches bounds the real-image part
+        # EncoderMethod's arguments.
+        start_from_latent_avg=True,     # predict the offset from latent_avg (deviation: official absolute dlatents)
+        lpips=None,                     # LPIPSLoss for val/lpips on the val images (no image loss in training)
+        image_every=250,                # train input / reconstruction / target grid every this many steps; 0 never
+        n_mean_latent=10000,            # mapped z averaged for latent_avg when the generator has none
+        init_from=None,                 # a ganinv export/latent_regression.pt to continue from (fresh optimizer)
+        export_opts=None,               # further opts written to the export (e.g. stylegan_weights)
+    ):
         if loss not in LOSSES:
             raise ValueError(f"method.loss must be one of {', '.join(LOSSES)}, got {loss!r}")
         if n_samples is not None and (n_samples < 1 or chunk_epochs < 1):

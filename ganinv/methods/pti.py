@@ -21,15 +21,38 @@ class PTI(TargetsModule):
     """Tune a copy of ``generator`` around ``pivots`` [N, n_latent, D] to reproduce ``targets``
     [N, 3, H, W] in [-1, 1]; the original generator is left untouched.
 
-    ``lpips``: an LPIPSLoss (PTI: alex). ``noise_mode``: the tuned G's noise while tuning and for
-    the results ('const', as the official ``synthesis(w, noise_mode='const')``).
     After ``trainer.fit``: ``self.generator`` is the tuned generator, ``self.result`` the images.
+    Each argument is described where it is declared in ``__init__``.
     """
 
-    def __init__(self, generator, targets, pivots, lpips, steps=350, lr=3e-4, mse_lambda=1.0,
-                 lpips_lambda=1.0, lpips_threshold=0.06, locality_regularization=False, locality_samples=1,
-                 locality_every=1, locality_alpha=30.0, locality_psi=0.5, locality_mse_lambda=0.1,
-                 locality_lpips_lambda=0.1, noise_mode="const", keys=None, image_every=0, name="pti"):
+    def __init__(
+        self,
+        # Inputs (official defaults: conf/invert/refinement/pti.yaml).
+        generator,                      # StyleGAN2 generator, left untouched: a copy is tuned (mapping frozen)
+        targets,                        # images [N, 3, H, W] in [-1, 1] to reproduce
+        pivots,                         # W+ pivots [N, n_latent, D] from any inversion
+        lpips,                          # LPIPSLoss network (official: alex): the loss and the stopping rule
+        # Tuning: Adam on the synthesis weights, per-image loss mse_lambda·MSE + lpips_lambda·LPIPS.
+        steps=350,                      # at most this many steps (official 350)
+        lr=3e-4,                        # Adam learning rate (official 3e-4)
+        mse_lambda=1.0,                 # MSE weight (official 1)
+        lpips_lambda=1.0,               # LPIPS weight (official 1)
+        lpips_threshold=0.06,           # stop when all images' LPIPS <= this, checked before a step (official 0.06)
+        # Locality regularisation (official Space_Regulizer; off, as officially).
+        locality_regularization=False,  # pull the tuned G to the original around the pivots
+        locality_samples=1,             # z samples per regularised step (official 1)
+        locality_every=1,               # regularise every this many steps (official 1)
+        locality_alpha=30.0,            # α: step from the pivot toward each sample, whole-code norm (official 30)
+        locality_psi=0.5,               # truncation ψ of the samples' mapped w (official 0.5)
+        locality_mse_lambda=0.1,        # MSE weight between tuned and original G there, noise off (official 0.1)
+        locality_lpips_lambda=0.1,      # LPIPS weight there (official 0.1)
+        # Noise and bookkeeping.
+        noise_mode="const",             # the tuned G's noise while tuning and for the results (official: 'const', as
+                                        #   synthesis(w, noise_mode='const'))
+        keys=None,                      # a name per image (logging)
+        image_every=0,                  # log a target / reconstruction grid every this many steps; 0 never
+        name="pti",                     # prefix of the logged image grid
+    ):
         if not isinstance(steps, int) or steps < 1:
             raise ValueError(f"pti steps must be an int >= 1, got {steps!r}")
         if lpips is None:
