@@ -3,7 +3,8 @@
 Vectors: ``tests/conformance/training/`` (copied from shared/conformance/training; its README
 says what was recorded and how). Each test builds ganinv's PSP / E4E from the fill-rule initial
 states, applies ganinv's own IR-SE50 initialisation to a pre-load encoder (the init check), then
-trains two iterations through Lightning exactly as ``train.py`` does, and compares every
+trains two iterations through Lightning exactly as ``train.py`` does (in its default layout:
+conf/train.yaml's ``channels_last``), and compares every
 official ``loss_dict`` value, the ID logs, y_hat, the latents, the latent-D inputs, and the
 digests of the updated encoder / latent D with the vectors' tolerances. The vectors' stated
 deviations are configured, not patched: constant generator noise (``train_noise_mode=const``),
@@ -21,6 +22,7 @@ from pathlib import Path
 import pytest
 import pytorch_lightning as pl
 import torch
+from omegaconf import OmegaConf
 from pytorch_lightning.loggers.logger import Logger
 
 from ganinv.checkpoints import load_generator
@@ -29,8 +31,10 @@ from ganinv.methods.e4e import E4E
 from ganinv.methods.psp import PSP
 from ganinv.nets.e4e_encoder import Encoder4Editing
 from ganinv.nets.psp_encoders import GradualStyleEncoder
+from ganinv.runner import to_channels_last
 
 TRAINING = Path(__file__).parent / "conformance" / "training"
+DEFAULT_CHANNELS_LAST = OmegaConf.load(Path(__file__).parent.parent / "conf" / "train.yaml").channels_last
 _spec = importlib.util.spec_from_file_location("conformance_fill", TRAINING.parent / "fill.py")
 fill = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(fill)
@@ -177,6 +181,8 @@ def build(v, cls, encoder_cls, tmp_path, **kwargs):
     del pre, irse50
     init = v.fill("encoder_init")
     module.encoder.load_state_dict(init, strict=True)
+    if DEFAULT_CHANNELS_LAST:  # train.py's default layout (conf/train.yaml channels_last), as train() applies it
+        to_channels_last(module)
     return module, init
 
 

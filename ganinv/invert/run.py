@@ -9,7 +9,20 @@ used unless the user chose one (:func:`generator_given`): then the user's genera
 a researcher naming a generator means to invert into it (e.g. a fine-tuned G with the encoder of its
 parent as the initialisation) -- after checking that it takes the encoder's codes
 (:func:`check_generator_fits`), and never replaced silently.
+
+Layout and precision: ``channels_last=true`` stores every net's 4-D weights NHWC
+(:func:`ganinv.runner.to_channels_last`) and hands the batches over NHWC -- the same math as NCHW.
+``precision=bf16`` runs the encoder and generator forwards under ``torch.autocast(bfloat16)``: the
+encoder pass by hand (:meth:`InversionRun.autocast`), the optimisation and PTI through their
+trainer's ``precision="bf16-mixed"`` (Lightning's autocast around each training step). Under it
+convolutions and linears run bf16, while norms, MSE / mean reductions and the ID loss's l2
+normalisation (``torch.norm`` is on autocast's fp32 list) stay fp32; codes and images leave as fp32.
+The mapping network's lr_mul=0.01 equalised-lr scalars are applied to the weight in fp32 before
+autocast rounds it; w_statistics (the mean latent) and init=random's w are computed outside autocast,
+in fp32. Inside a bf16-mixed step (latent_space=z, PTI's locality samples) autocast runs the mapping's
+F.linear in bf16.
 """
+import contextlib
 import functools
 import os
 import zlib
@@ -28,10 +41,10 @@ from ..methods.psp import mix_styles
 from ..methods.restyle import RestylePass, bootstrap_passes
 from ..methods.targets import w_statistics
 from ..progress import StepProgress
-from ..runner import build_loggers
+from ..runner import build_loggers, to_channels_last
 from .alae import is_alae_file, load_alae_encoder
 from .inputs import InputTransform
-from .settings import METHODS, edit_specs, parse_rows, torch_device
+from .settings import METHODS, edit_specs, parse_rows, torch_device, trainer_precision
 from .tasks import Tasks, discriminator_for
 
 
@@ -123,6 +136,8 @@ class InversionRun:
         if self.generator is None:
             self.generator = instantiate(cfg.generator)
         self.generator.requires_grad_(False).eval()
+        self.channels_last = bool(cfg.get("channels_last", False))
+        self.bf16 = str(cfg.get("precision", 32)) == "bf16"
         self.latent_mask, self.n_outputs = None, int(cfg.get("n_outputs") or 1)
         if cfg.get("latent_mask") is not None:
             if self.method != "encoder":
@@ -137,6 +152,7 @@ class InversionRun:
             extra = {"init": cfg.init} if self.method == "optimize" else {}
             discriminator = discriminator_for(cfg, preset, cfg.generator, self.device)
             if discriminator is not None:
+                self.layout(discriminator)
                 extra["discriminator"] = discriminator
             self.optimize = functools.partial(instantiate(preset), **extra)
             self.w_stats = w_statistics(self.generator, preset.n_mean_latent, seed=cfg.seed)
@@ -147,6 +163,24 @@ class InversionRun:
         self.pti = instantiate(cfg.pti) if cfg.get("refine") == "pti" else None
         self.edits = {edit_tag(spec): Edit(spec, self.generator) for spec in edit_specs(cfg)}
         self.loggers, self.curves = None, []
+        for net in (self.generator, self.inverter, self.first):
+            self.layout(net)
+
+    def layout(self, net):
+        """channels_last=true: ``net``'s 4-D parameters and buffers NHWC, in place (None: nothing)."""
+        if self.channels_last and net is not None:
+            to_channels_last(net)
+        return net
+
+    def batch(self, x):
+        """An input batch [n, C, S, S] in the run's memory layout (NHWC with channels_last=true)."""
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last and x.ndim == 4 else x
+
+    def autocast(self):
+        """precision=bf16: torch.autocast(bfloat16) on the run's device type; else no context."""
+        if not self.bf16:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=torch.bfloat16)
 
     def load_encoder(self):
         """The encoder checkpoint: its inverter, its generator unless the user chose one, and the
@@ -201,7 +235,8 @@ class InversionRun:
         if self.loggers is None:
             self.loggers = build_loggers(self.cfg, resuming=True)
         progress = StepProgress(every_n=int(self.cfg.get("progress_every") or 0))
-        trainer = instantiate(self.cfg.trainer, logger=self.loggers or False, callbacks=[progress])
+        trainer = instantiate(self.cfg.trainer, logger=self.loggers or False, callbacks=[progress],
+                              precision=trainer_precision(self.cfg))
         trainer.fit(module)
         if trainer.is_global_zero and len(module.history):
             self.curves.append(LossCurve(curve_name, module.curves, list(module.keys)))
@@ -244,6 +279,7 @@ class InversionRun:
         """x [n, 3, S, S] -> :class:`InversionResult`. Edits use the PTI-tuned generator when refining.
         Every rank runs every stage (DDP); only global rank zero writes files."""
         self.curves = []
+        x = self.batch(x)
         result = self.first_pass(x, keys, name)
         result.strips = {tag: [None] * len(keys) for tag in self.edits}
         if self.pti is None:
@@ -267,7 +303,7 @@ class InversionRun:
         """The encoder (method=PATH) or the optimisation (method=optimize|idinvert) of x."""
         if self.optimize is None:
             self.generator.to(self.device)
-            with torch.no_grad():
+            with torch.no_grad(), self.autocast():
                 passes = self.encoder_passes(x.to(self.device))
                 ws = passes[-1].codes.float()
                 images = self.generator.synthesis(ws, noise_mode="const").float()

@@ -10,6 +10,7 @@ from .tasks import EDIT_TARGET, check_tasks
 
 METHODS = ("optimize", "idinvert")
 DEVICES = ("auto", "cpu", "cuda", "gpu", "mps")
+PRECISIONS = ("32", "bf16")
 
 
 def _positive_int(cfg, name, minimum=1, prefix=""):
@@ -62,6 +63,7 @@ def check_config(cfg):
     if cfg.device not in DEVICES:
         raise ValueError(f"device={cfg.device}: expected one of {', '.join(DEVICES)}")
     check_device(cfg.device)
+    check_precision(cfg)
     seed = cfg.get("seed")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
         raise ValueError(f"seed={seed}: expected an integer in [0, 2^32)")
@@ -89,6 +91,22 @@ def check_config(cfg):
         parse_edit(spec)
     check_tasks(cfg)
     check_bootstrap(cfg)
+
+
+def check_precision(cfg):
+    """precision= is 32 or bf16 (fp16 would need a grad scaler, which the manual optimisation steps do
+    not run); channels_last= a boolean."""
+    if str(cfg.get("precision", 32)) not in PRECISIONS:
+        raise ValueError(f"precision={cfg.get('precision')}: expected 32 or bf16")
+    if not isinstance(cfg.get("channels_last", False), bool):
+        raise ValueError(f"channels_last={cfg.get('channels_last')}: expected true or false")
+
+
+def trainer_precision(cfg):
+    """The Lightning ``precision`` of invert.py's optimisation / PTI trainers: bf16-mixed for
+    precision=bf16 (Lightning's torch.autocast(bfloat16) around every training step), else the
+    trainer config's own (32)."""
+    return "bf16-mixed" if str(cfg.get("precision", 32)) == "bf16" else cfg.trainer.get("precision", 32)
 
 
 def check_bootstrap(cfg):

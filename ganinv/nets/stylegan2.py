@@ -200,8 +200,11 @@ class Generator(nn.Module):
     # -- latent space -------------------------------------------------------------------
     def mapping(self, z, truncation=1.0, truncation_latent=None):
         """z [B, style_dim] -> w [B, style_dim]; truncation pulls w toward ``truncation_latent``
-        (default ``latent_avg``): w' = c + psi * (w - c)."""
-        w = self.style(z)
+        (default ``latent_avg``): w' = c + psi * (w - c). Always fp32, also under a bf16 autocast:
+        the mapping is a small share of the FLOPs, and w's small per-channel offsets (lr_mul 0.01
+        weights) would lose their low bits in bf16 (8-bit mantissa)."""
+        with torch.autocast(z.device.type, enabled=False):
+            w = self.style(z.float())
         return w if truncation == 1 else self.truncate(w, truncation, truncation_latent)
 
     def truncate(self, w, psi, center=None):
