@@ -52,10 +52,20 @@ def matmul_gflops(device, dtype, threads, n=2048, seconds=0.5):
         torch.backends.cuda.matmul.allow_tf32 = old_tf32
 
 
+def native_bf16(device):
+    """Whether ``device`` computes bf16 in hardware: CUDA, or a CPU with AMX or AVX512-BF16. Elsewhere
+    (e.g. an AVX2-only AMD EPYC) PyTorch emulates bf16 and a 2048² matmul takes minutes."""
+    if torch.device(device).type == "cuda":
+        return True
+    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    return "amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo
+
+
 def machine_peak(devices, threads, n=2048):
-    """{device: {"fp32": GFLOP/s, "bf16": GFLOP/s}} for every device in ``devices``."""
-    return {d: {name: matmul_gflops(d, dtype, threads, n) for name, dtype in PEAK_DTYPES.items()}
-            for d in devices}
+    """{device: {"fp32": GFLOP/s, "bf16": GFLOP/s or None}} for every device in ``devices``; bf16 is
+    None (not measured) where it is not native (``native_bf16``)."""
+    return {d: {name: matmul_gflops(d, dtype, threads, n) if name == "fp32" or native_bf16(d) else None
+                for name, dtype in PEAK_DTYPES.items()} for d in devices}
 
 
 def peak_memory_mb(device):

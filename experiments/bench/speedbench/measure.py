@@ -59,7 +59,7 @@ def measure_isolated(spec):
 def peak_gflops(peaks, device, precision):
     """The machine's peak for a row: the larger of the before/after measurements, or None."""
     name = PEAK_NAMES.get(precision)
-    values = [p[device][name] for p in peaks if device in p]
+    values = [p[device][name] for p in peaks if device in p and p[device].get(name) is not None]
     return max(values) if values else None
 
 

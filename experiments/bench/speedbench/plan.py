@@ -1,9 +1,9 @@
 """Which measurements a command asks for: one spec per (part row, device, precision, layout, THP)."""
-from pathlib import Path
 
 import torch
 
 from . import inference, methods, optimization, ref
+from .machine import native_bf16
 
 PARTS = ("ref", "methods", "inference", "optimization", "ddp")
 
@@ -34,11 +34,9 @@ def plan(parts, sizes, configs, threads, warmup, repeats, official=None):
 def available_configs(devices=None, precisions=None, layouts=("nchw",), thps=("on",)):
     """(device, precision, layout, thp) tuples: CPU fp32 always; bf16 where the CPU has native bf16
     (AMX or AVX512-BF16) or on CUDA; CUDA when available; every layout and THP setting given."""
-    cpuinfo = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    native_bf16 = "amx_bf16" in cpuinfo or "avx512_bf16" in cpuinfo
     devices = devices or ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     out = []
     for d in devices:
-        for p in precisions or (["32", "bf16"] if d == "cuda" or native_bf16 else ["32"]):
+        for p in precisions or (["32", "bf16"] if native_bf16(d) else ["32"]):
             out += [(d, p, layout, thp) for layout in layouts for thp in thps]
     return out

@@ -83,7 +83,10 @@ def peak_lines(result):
     for device, b in before.items():
         a = after.get(device)
         fp32 = f"{b['fp32']:.0f} GFLOP/s before" + (f", {a['fp32']:.0f} after" if a else "")
-        bf16 = f"{b['bf16']:.0f} GFLOP/s before" + (f", {a['bf16']:.0f} after" if a else "")
+        if b.get("bf16") is None:
+            bf16 = "not measured (no native bf16 on this device)"
+        else:
+            bf16 = f"{b['bf16']:.0f} GFLOP/s before" + (f", {a['bf16']:.0f} after" if a else "")
         lines.append(f"Machine peak ({device}, {threads} threads, 2048² matmul): fp32 sgemm {fp32}; "
                      f"bf16 matmul {bf16}.")
     return lines
