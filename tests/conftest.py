@@ -79,6 +79,25 @@ def compose_train(tmp_path):
     return _compose
 
 
+def write_tiny_run(root, keys, z_scale=1.0, generator=None):
+    """The invert-driver tests' setup in ``root``: ``g.pt`` (``generator``, or a 32 px 64-d Generator
+    seeded 0) and ``photos/<key>.png`` = G(z_scale · z) with constant noise, clamped to [-1, 1], one
+    image per key (z drawn next from torch's global RNG) -> the generator."""
+    from ganinv.checkpoints import save_atomic
+    from ganinv.data.images import save_image
+    from ganinv.nets.stylegan2 import Generator
+
+    if generator is None:
+        torch.manual_seed(0)
+        generator = Generator(32, 64, n_mlp=2, channel_max=32).eval()
+    save_atomic({"g_ema": generator.state_dict()}, Path(root) / "g.pt")
+    with torch.no_grad():
+        images = generator(torch.randn(len(keys), generator.style_dim) * z_scale, noise_mode="const").clamp(-1, 1)
+    for key, image in zip(keys, images):
+        save_image(image, Path(root) / "photos" / f"{key}.png")
+    return generator
+
+
 def noisy_generator(latent_avg=True):
     """The optimisation tests' generator: 32 px, 64-d, seeded; noise strengths 0.3 (an untrained G's
     are zero, so noise would not matter) and ``latent_avg`` the mean of 2000 mapped z when asked."""

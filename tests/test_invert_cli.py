@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import compose_config, run_invert
+from conftest import compose_config, run_invert, write_tiny_run
 from PIL import Image
 
 from ganinv import inversion
@@ -18,7 +18,6 @@ from ganinv.invert import inputs, settings
 from ganinv.losses.lpips import TRUNK_WEIGHTS
 from ganinv.losses.weights import torchvision_weights_file
 from ganinv.nets.idinvert_encoder import IDInvertEncoder
-from ganinv.nets.stylegan2 import Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ["faces/im0", "faces/im1", "im2"]
@@ -27,13 +26,7 @@ KEYS = ["faces/im0", "faces/im1", "im2"]
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("invert")
-    torch.manual_seed(0)
-    g = Generator(32, 64, n_mlp=2, channel_max=32).eval()
-    save_atomic({"g_ema": g.state_dict()}, root / "g.pt")
-    with torch.no_grad():
-        images = g(torch.randn(3, 64), noise_mode="const").clamp(-1, 1)
-    for key, image in zip(KEYS, images):
-        save_image(image, root / "photos" / f"{key}.png")
+    write_tiny_run(root, KEYS[:3])
     (root / "photos" / "faces" / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 truncated")
     yield root
     shutil.rmtree(root, ignore_errors=True)

@@ -7,12 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import run_invert
+from conftest import run_invert, write_tiny_run
 from PIL import Image
 
-from ganinv.checkpoints import save_atomic
-from ganinv.data.images import load_image, save_image
-from ganinv.nets.stylegan2 import Generator
+from ganinv.data.images import load_image
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = ["inversion.vgg_lambda=0", "inversion.vgg=null", "inversion.lr=0.05", "inversion.n_mean_latent=200",
@@ -27,13 +25,7 @@ def save_mask(array, path):
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks")
-    torch.manual_seed(0)
-    g = Generator(32, 64, n_mlp=2, channel_max=32).eval()
-    save_atomic({"g_ema": g.state_dict()}, root / "g.pt")
-    with torch.no_grad():
-        images = g(torch.randn(2, 64) * 2, noise_mode="const").clamp(-1, 1)
-    for key, image in zip("ab", images):
-        save_image(image, root / "photos" / f"{key}.png")
+    write_tiny_run(root, "ab", z_scale=2)
     hole = np.zeros((32, 32))
     hole[8:24, 10:22] = 1
     save_mask(hole, root / "hole.png")

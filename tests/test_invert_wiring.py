@@ -5,13 +5,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
-from conftest import run_invert
+from conftest import run_invert, write_tiny_run
 from PIL import Image
-
-from ganinv.checkpoints import save_atomic
-from ganinv.data.images import save_image
-from ganinv.nets.stylegan2 import Generator
 
 ROOT = Path(__file__).resolve().parent.parent
 KEYS = ["faces/im0", "im1", "im2"]
@@ -20,13 +15,7 @@ KEYS = ["faces/im0", "im1", "im2"]
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory):
     root = tmp_path_factory.mktemp("wiring")
-    torch.manual_seed(0)
-    g = Generator(32, 64, n_mlp=2, channel_max=32).eval()
-    save_atomic({"g_ema": g.state_dict()}, root / "g.pt")
-    with torch.no_grad():
-        images = g(torch.randn(len(KEYS), 64), noise_mode="const").clamp(-1, 1)
-    for key, image in zip(KEYS, images):
-        save_image(image, root / "photos" / f"{key}.png")
+    write_tiny_run(root, KEYS)
     yield root
     shutil.rmtree(root, ignore_errors=True)
 

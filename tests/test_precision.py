@@ -12,11 +12,11 @@ import shutil
 
 import pytest
 import torch
-from conftest import run_invert
+from conftest import run_invert, write_tiny_run
 from omegaconf import OmegaConf
 
 from ganinv.checkpoints import load_generator, save_atomic
-from ganinv.data.images import load_image, save_image
+from ganinv.data.images import load_image
 from ganinv.invert import settings
 from ganinv.metrics.image import psnr
 from ganinv.nets.idinvert_encoder import IDInvertEncoder
@@ -37,11 +37,7 @@ def workdir(tmp_path_factory):
         for name, p in g.named_parameters():
             if name.endswith(("bias", "noise.weight")):
                 p.add_(0.1 * torch.randn_like(p))
-    save_atomic({"g_ema": g.state_dict()}, root / "g.pt")
-    with torch.no_grad():
-        images = g(torch.randn(len(KEYS), 64), noise_mode="const").clamp(-1, 1)
-    for key, image in zip(KEYS, images):
-        save_image(image, root / "photos" / f"{key}.png")
+    write_tiny_run(root, KEYS, generator=g)
     torch.manual_seed(1)
     enc = IDInvertEncoder(32, w_space_dim=64, encoder_channels_base=8, encoder_channels_max=32)
     state = {f"encoder.{k}": v for k, v in enc.state_dict().items()}
