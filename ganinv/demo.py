@@ -12,7 +12,6 @@ It exits non-zero unless both reconstructions' mean held-out MSE (on [-1, 1]) is
 """
 import argparse
 import base64
-import csv
 import html
 import json
 import os
@@ -24,6 +23,7 @@ from pathlib import Path
 import torch
 import torchvision
 
+from . import outputs
 from .checkpoints.safe import atomic_write
 from .config import ASSETS
 from .data.images import load_image, save_image
@@ -52,7 +52,12 @@ def run(script, *overrides, log, prog="demo"):
 
 
 def read_metrics(path):
-    rows = list(csv.DictReader(open(path)))
+    """An invert.py metrics.csv -> (rows [dict of strings], {mse, psnr, ssim, seconds: mean over the
+    rows}). Read by :func:`ganinv.outputs.read_metrics` (a file ganinv did not write is refused in one
+    line; garbage rows are left out); a file without rows is one line naming it."""
+    rows = list(outputs.read_metrics(path)[0].values())
+    if not rows:
+        raise ValueError(f"{path}: no metrics rows (missing or empty)")
     mean = {k: sum(float(r[k]) for r in rows) / len(rows) for k in ("mse", "psnr", "ssim", "seconds")}
     return rows, mean
 

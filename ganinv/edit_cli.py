@@ -28,8 +28,6 @@ ganspace writes e4e's ``ffhq_pca.pt`` layout (GANSpace's recipe,
 (:func:`ganinv.editing.sefa.save_sefa`) and ``sefa.json``. The generator defaults to the embedded
 ``ganinv/assets/procedural64.pt``.
 """
-from __future__ import annotations
-
 import argparse
 import json
 import sys
@@ -49,7 +47,8 @@ def _generator(args):
     return load_generator(args.generator or ASSETS / "procedural64.pt", device=args.device)
 
 
-def _write_json(path, obj) -> Path:
+def _write_json(path, obj):
+    """``obj`` as indented JSON at ``path``, atomically -> the Path written."""
     from ganinv.checkpoints.safe import atomic_write
 
     text = json.dumps(obj, indent=1) + "\n"
@@ -136,13 +135,31 @@ def sefa(args):
     print(f"sefa: {args.num} directions of rows {result.layers} -> {out}")
 
 
+def apply_saved(run, specs, generator, out=None, device="cpu"):
+    """Edit the saved latents of the invert.py folder ``run`` (:func:`ganinv.editing.saved.edit_saved`,
+    the tuned generators named by its metrics.csv) and write ``<out or run>/edits/<tag>/<key>.png``
+    (atomic; under the folder's lock, one run per folder as invert.py) -> the strips, {tag (str):
+    {key (str): [S, 3, H, W]}}."""
+    from ganinv.editing.saved import edit_saved
+    from ganinv.outputs import Outputs, RunLock, read_metrics
+
+    rows, _ = read_metrics(Path(run) / "metrics.csv")
+    strips = edit_saved(run, specs, generator, rows, device=device)
+    target = Path(out or run)
+    with RunLock(target):
+        outputs = Outputs(target)
+        for tag, by_key in strips.items():
+            for key, strip in by_key.items():
+                outputs.write_edit(tag, key, strip)
+    return strips
+
+
 def apply(args):
     from ganinv.editing.edits import parse_edit
-    from ganinv.editing.saved import edit_saved
 
     for spec in args.edit:
         parse_edit(spec)
-    strips = edit_saved(args.run, args.edit, _generator(args), out=args.out, device=args.device)
+    strips = apply_saved(args.run, args.edit, _generator(args), out=args.out, device=args.device)
     n = len(next(iter(strips.values())))
     print(f"apply: {n} images x {len(strips)} edits -> {Path(args.out or args.run) / 'edits'} ({', '.join(strips)})")
 

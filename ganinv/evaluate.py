@@ -16,8 +16,9 @@ atomically into ``--output`` (default RECONSTRUCTIONS/evaluation). Protocols:
   10·log10(L² / mean((x̂ − x)²)); SSIM = mean over 11x11 Gaussian windows (σ 1.5) of
   (2μμ̂ + C1)(2σ_xx̂ + C2) / ((μ² + μ̂² + C1)(σ² + σ̂² + C2)), C1 = (0.01L)², C2 = (0.03L)².
 - ID: cosine similarity of ArcFace IR-SE50 embeddings (pSp's ID loss: crop [35:223, 32:220], pool to 112)
-  when ``--id-weights`` or ``$GANINV_WEIGHTS`` (else pretrained_models/) holds ``model_ir_se50.pth``; no ID
-  column otherwise. pSp's ``scripts/calc_id_loss_parallel.py`` scores with CurricularFace IR-101 after MTCNN
+  when ``--id-weights`` or ``$GANINV_WEIGHTS`` (else pretrained_models/) holds ``model_ir_se50.pth``
+  (:func:`ganinv.metrics.image.id_weights_path`, as invert.py's own metrics.csv); no ID column otherwise.
+  pSp's ``scripts/calc_id_loss_parallel.py`` scores with CurricularFace IR-101 after MTCNN
   alignment: not provided, nor dlib's network (``face-recognition-models``).
 - FID / KID (torchmetrics, :class:`ganinv.metrics.DistributionMetrics`): originals the real set,
   reconstructions the fake set, torch-fidelity's Inception from the user's weights file.
@@ -29,7 +30,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import os
 import sys
 from pathlib import Path
 
@@ -45,6 +45,7 @@ from ganinv.data.images import open_image, to_tensor
 from ganinv.editing.interfacegan import load_direction
 from ganinv.losses import IDLoss, LPIPSLoss
 from ganinv.metrics import DistributionMetrics, compute_image_metrics, filter_outliers, lec_distances, shift_edit
+from ganinv.metrics.image import id_weights_path
 from ganinv.outputs import is_output_folder, read_metrics
 
 
@@ -160,9 +161,8 @@ def log_wandb(output, summary):
 def build(args):
     """The optional networks the CLI flags ask for, each failing with one line when its file is absent."""
     lpips = LPIPSLoss(net="alex", resize=256, pnet_rand=args.lpips_random)
-    default = Path(os.environ.get("GANINV_WEIGHTS", "pretrained_models")) / "model_ir_se50.pth"
-    weights = args.id_weights or (default if default.is_file() else None)
-    id_loss = IDLoss(weights_path=weights) if weights else None
+    weights = id_weights_path(args.id_weights)
+    id_loss = IDLoss(weights_path=weights) if weights is not None else None
     distribution = DistributionMetrics(weights_path=args.inception_weights) if args.fid else None
     if (args.lec_encoder is None) != (args.lec_direction is None):
         raise ValueError("LEC needs both --lec-encoder and --lec-direction")

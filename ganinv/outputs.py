@@ -5,8 +5,9 @@ Layout under the output root: ``reconstructions/<key>.png``, ``latents/<key>.pt`
 ``multimodal/<key>.png`` (input | K style-mixed outputs, as pSp's ``scripts/style_mixing.py``
 saves them) with ``multimodal/<key>.pt`` / ``.npy`` (their W+ codes [K, n_latent, D]),
 ``couples/<key>.png`` (input | output, pSp ``scripts/inference.py --couple_outputs``) and
-``metrics.csv`` (one row per image, :data:`COLUMNS`; mse/psnr/ssim/lpips are blank for inputs
-that have no RGB target, e.g. sketches and label maps). Every file is written atomically
+``metrics.csv`` (one row per image, :data:`COLUMNS` in that order, and ``id`` after ``lpips`` when
+the run measured it (:data:`OPTIONAL`); mse/psnr/ssim/lpips/id are blank for inputs that have no RGB
+target, e.g. sketches and label maps). Every file is written atomically
 (:func:`ganinv.checkpoints.safe.atomic_write`: temporary file in the same folder, fsync, rename),
 so a fault leaves whole files or none, never a truncated one.
 
@@ -24,17 +25,20 @@ Faults and concurrency, and why:
   folder is the user's to fix, not a bug. The temporary file is removed, so nothing partial stays.
   :meth:`RunLock.__enter__` probes the folder with an anonymous temporary file first, so a
   read-only output folder fails before any network is built.
-- **A metrics.csv that ganinv did not write** (its header has no ``image`` column, or it is not
-  text) is refused with one line naming it: rewriting it would destroy someone's file. Inside a
-  ganinv metrics.csv, **garbage rows** (wrong field count, empty or unsafe image key, a metric that
-  is not a number, NUL bytes or bytes that are not UTF-8, a generator path leaving the folder) are
-  ignored: such an image counts as not done and is inverted again, the rows are left out of the
-  summary means, they are listed in the summary, and they are dropped when the file is next
-  rewritten.
+- **A metrics.csv that ganinv did not write** (its header is not :data:`COLUMNS` in order with the
+  :data:`OPTIONAL` ones in their places: a column missing, unknown, repeated or out of order; or it
+  is not text) is refused with one line naming it and the column: rewriting it would destroy
+  someone's file. Inside a ganinv metrics.csv, **garbage rows** (wrong field count, empty or unsafe
+  image key, a metric that is not a number, NUL bytes or bytes that are not UTF-8, a generator path
+  leaving the folder) are ignored: such an image counts as not done and is inverted again, the rows
+  are left out of the summary means, they are listed in the summary, and they are dropped when the
+  file is next rewritten.
 
 Layer: this module imports only :mod:`ganinv.checkpoints` and :mod:`ganinv.data`: it is the format of
-a run folder, which the driver (:mod:`ganinv.inversion`) writes and :mod:`ganinv.editing.saved`,
-:mod:`ganinv.editing.labels` and :mod:`ganinv.evaluate` read.
+a run folder, which the driver (:mod:`ganinv.inversion`) writes and the drivers :mod:`ganinv.edit_cli`
+(``apply``: metrics.csv, the lock, ``edits/``) and :mod:`ganinv.evaluate` and :mod:`ganinv.report` read;
+:mod:`ganinv.editing` reads only ``latents/`` (:func:`ganinv.editing.labels.saved_latents`) and takes
+metrics.csv's rows from its caller.
 """
 import contextlib
 import csv
@@ -53,9 +57,13 @@ from .checkpoints.safe import atomic_write, save_atomic
 from .checkpoints.stylegan import save_generator
 from .data.images import save_image
 
-COLUMNS = ["image", "mse", "psnr", "ssim", "lpips", "seconds", "generator"]
+COLUMNS = ["image", "mse", "psnr", "ssim", "lpips", "seconds", "generator"]  # always written, in this order
+# written only when measured: id (ArcFace cosine similarity, with model_ir_se50.pth), after lpips
+OPTIONAL = ("id",)
+ORDER = ["image", "mse", "psnr", "ssim", "lpips", "id", "seconds", "generator"]  # COLUMNS + OPTIONAL in place
 NUMERIC = ("seconds",)  # always written
-METRICS = ("mse", "psnr", "ssim", "lpips")  # blank when not measured (no RGB target; no pretrained LPIPS)
+# blank when not measured (no RGB target; no pretrained LPIPS; id: only when some row has it)
+METRICS = ("mse", "psnr", "ssim", "lpips", "id")
 # errno values that mean "this path cannot be written here" rather than a bug in ganinv
 WRITE_ERRNOS = frozenset({errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.ENOTDIR,
                           errno.EEXIST, errno.EISDIR, errno.EFBIG, errno.ENAMETOOLONG, errno.EIO})
@@ -142,6 +150,31 @@ def _bad_row(row, fields):
     return None
 
 
+def header_problem(fields):
+    """Why a metrics.csv header (a list of names) is not one ganinv writes, naming the column, or None:
+    every one of :data:`COLUMNS`, any of :data:`OPTIONAL`, nothing else, in the order of :data:`ORDER`."""
+    if "image" not in fields:
+        return "has no 'image' column"
+    if len(set(fields)) != len(fields):
+        return "repeats a column"
+    unknown = [f for f in fields if f not in ORDER]
+    if unknown:
+        return f"has an unknown column {unknown[0]!r}"
+    missing = [c for c in COLUMNS if c not in fields]
+    if missing:
+        return f"has no {missing[0]!r} column"
+    expected = [c for c in ORDER if c in fields]
+    moved = next((f for f, e in zip(fields, expected) if f != e), None)
+    return f"has column {moved!r} out of order (expected {','.join(expected)})" if moved else None
+
+
+def metrics_columns(rows):
+    """The header :meth:`Outputs.add_rows` writes for ``rows`` (dicts): :data:`COLUMNS`, plus each
+    :data:`OPTIONAL` column some row has a value in, in the order of :data:`ORDER`."""
+    present = {c for c in OPTIONAL if any(row.get(c, "") != "" for row in rows)}
+    return [c for c in ORDER if c in COLUMNS or c in present]
+
+
 def read_metrics(path):
     """A ganinv metrics.csv -> ({image: row dict}, [bad-row notes]); ({}, []) when there is none.
     Raises OutputError for a file ganinv did not write (see the module docstring)."""
@@ -164,8 +197,8 @@ def read_metrics(path):
     except csv.Error as e:
         raise OutputError(f"{path}: not a readable CSV file ({e}); move it away or choose another output "
                           "folder") from None
-    if "image" not in fields or len(set(fields)) != len(fields):
-        why = "has no 'image' column" if "image" not in fields else "repeats a column"
+    why = header_problem(fields)
+    if why:
         raise OutputError(f"{path}: not a ganinv metrics file (its header {','.join(fields)[:80]!r} {why}); "
                           "move it away or choose another output folder")
     rows, bad = {}, []
@@ -293,11 +326,12 @@ class Outputs:
             save_image(grid, target)
 
     def add_rows(self, rows):
-        """Add (or replace) rows and rewrite metrics.csv atomically: the old file stays whole
-        until the new one is complete."""
+        """Add (or replace) rows and rewrite metrics.csv atomically (columns: :func:`metrics_columns`):
+        the old file stays whole until the new one is complete."""
         self.rows.update({row["image"]: row for row in rows})
         text = io.StringIO()
-        writer = csv.DictWriter(text, COLUMNS, extrasaction="ignore", lineterminator="\n")
+        writer = csv.DictWriter(text, metrics_columns(self.rows.values()), extrasaction="ignore",
+                                lineterminator="\n")
         writer.writeheader()
         writer.writerows({k: f"{v:.6g}" if isinstance(v, float) else v for k, v in row.items()}
                          for row in self.rows.values())

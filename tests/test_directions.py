@@ -16,6 +16,7 @@ from ganinv.checkpoints import load_generator, load_torch, save_atomic
 from ganinv.config import ASSETS
 from ganinv.data.images import load_image, save_image
 from ganinv.data.procedural import FACTORS, ProceduralFaces
+from ganinv.edit_cli import apply_saved
 from ganinv.editing import (
     GANSPACE_SAMPLES,
     Edit,
@@ -31,6 +32,7 @@ from ganinv.editing.__main__ import main, parser
 from ganinv.editing.labels import load_latents, procedural_scores
 from ganinv.metrics.editability import FactorRegressor, load_regressor, save_regressor
 from ganinv.nets.stylegan2 import Generator
+from ganinv.outputs import read_metrics
 
 D = 64
 
@@ -211,18 +213,29 @@ def test_apply_to_saved_latents_equals_editing_at_inversion_time(tmp_path, gfile
 
     monkeypatch.setattr(inversion.Outputs, "write_edit", capture)
     edit = "edit=[" + ",".join(f"'{s}'" for s in specs) + "]"
+    # channels_last=false: apply renders NCHW, and NHWC convolutions round differently (~1e-5), which can
+    # flip an 8-bit PNG level; the claim checked here is the same generator, codes and edit, exactly
     common = [f"input={tmp_path / 'photos'}", "generator=checkpoint", f"generator.path={gfile}", "logger=none",
-              "grid_max=0", "inversion.steps=2", "inversion.n_mean_latent=100", edit]
+              "grid_max=0", "inversion.steps=2", "inversion.n_mean_latent=100", "channels_last=false", edit]
     out = tmp_path / "pti"
     pti = ["refine=pti", "pti.steps=1", "pti.lpips_threshold=0"]  # per image: generators/<key>.pt
     cfg = compose_config("invert", [*common, f"output={out}", *pti], out)
     assert inversion.invert(cfg)["inverted"] == 3
-    strips = edit_saved(out, specs, load_generator(gfile), out=tmp_path / "applied")
+    rows, _ = read_metrics(out / "metrics.csv")  # the driver reads the run folder; editing/ gets its rows
+    stamps = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    returned = edit_saved(out, specs, load_generator(gfile), rows)
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == stamps  # edit_saved itself writes nothing
+    assert sorted((t, k) for t in returned for k in returned[t]) == sorted(captured)
+    assert max((returned[t][k] - s).abs().max().item() for (t, k), s in captured.items()) < 1e-6
+    strips = apply_saved(out, specs, load_generator(gfile), out=tmp_path / "applied")
     assert sorted((t, k) for t in strips for k in strips[t]) == sorted(captured)
     assert max((strips[t][k] - s).abs().max().item() for (t, k), s in captured.items()) < 1e-6
-    for tag, key in captured:  # the same PNGs in the same layout
+    for tag, key in captured:  # the same PNGs in the same layout, holding the returned strips
         rel = Path("edits") / tag / f"{key}.png"
-        assert torch.equal(load_image(tmp_path / "applied" / rel), load_image(out / rel))
+        written = load_image(tmp_path / "applied" / rel)
+        assert torch.equal(written, load_image(out / rel))
+        side_by_side = torch.cat(list(returned[tag][key].clamp(-1, 1)), dim=-1)
+        assert (written - side_by_side).abs().max().item() <= 1 / 127.5 + 1e-6  # 8-bit PNG rounding
     with torch.no_grad():  # ... rendered by each image's PTI-tuned generator, not the base one
         untuned = edit_strip(g, load_torch(out / "latents" / "sub/im0.pt")[None], specs[1])[0]
     assert (untuned - captured[("interfacegan_dir", "sub/im0")]).abs().max() > 1e-4
@@ -238,7 +251,7 @@ def test_apply_without_pti_renders_with_the_base_generator(tmp_path, gfile):
     for i, code in enumerate(ws):
         save_atomic(code.clone(), tmp_path / "run" / "latents" / f"im{i}.pt")
     spec = "sefa:0:-3,3"  # no metrics.csv generator column: the base generator renders, as invert.py does
-    strips = edit_saved(tmp_path / "run", [spec], g, write=False)["sefa_0"]
+    strips = edit_saved(tmp_path / "run", [spec], g, {})["sefa_0"]
     expected = edit_strip(g, ws, spec)
     assert max((strips[f"im{i}"] - expected[i]).abs().max().item() for i in range(3)) < 1e-6
     assert not (tmp_path / "run" / "edits").exists()

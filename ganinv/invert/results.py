@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from ..data.images import load_image
-from ..losses import LPIPSLoss
+from ..losses import IDLoss, LPIPSLoss
 from ..methods.base import image_grid
 from ..methods.targets import fit_to
-from ..metrics.image import compute_image_metrics
+from ..metrics.image import compute_image_metrics, id_weights_path
 from ..report import write_loss_curves
 
 OFFICIAL_OUTPUT_SIZE = 256  # pSp scripts/inference.py and style_mixing.py save result.resize((256, 256))
-BLANK = dict.fromkeys(("mse", "psnr", "ssim", "lpips"), "")  # no RGB target to score against
+BLANK = dict.fromkeys(("mse", "psnr", "ssim", "lpips", "id"), "")  # no RGB target to score against
 
 
 @dataclass
@@ -34,22 +34,31 @@ class Tally:
 
 
 class ImageMetrics:
-    """Per-image MSE, PSNR, SSIM (:mod:`ganinv.metrics.image`) and LPIPS when its pretrained
-    network is available (else blank, with the reason kept for the summary)."""
+    """Per-image MSE, PSNR, SSIM (:mod:`ganinv.metrics.image`), LPIPS when its pretrained network is
+    available (else blank, with the reason kept for the summary) and ``id``, pSp/e4e's ArcFace IR-SE50
+    cosine similarity (:func:`~ganinv.metrics.image.id_similarity`), when ``model_ir_se50.pth`` is
+    where :func:`~ganinv.metrics.image.id_weights_path` looks (``id_weights``: a file instead; with
+    neither, no ``id`` key and no metrics.csv column). Scored at the target's resolution (the
+    generator's): IDLoss pools or upsamples to 256 before pSp's face crop, unlike ``ganinv.evaluate``,
+    which resizes both images to 256 first."""
 
-    def __init__(self, lpips_net, device):
+    def __init__(self, lpips_net, device, id_weights=None):
         self.device, self.lpips, self.lpips_missing = device, None, None
         try:
             self.lpips = LPIPSLoss(net=lpips_net, pnet_rand=False).to(device)
         except FileNotFoundError as e:
             self.lpips_missing = str(e)
+        weights, self.id_loss = id_weights_path(id_weights), None
+        if weights is not None:
+            with torch.random.fork_rng(devices=[]):  # building the net draws (then loads) random weights:
+                self.id_loss = IDLoss(weights_path=weights).to(device)  # the inversion's RNG is left as it was
 
     def __call__(self, recon, target):
         """Reconstructions [B, 3, R, R] (pooled to the target size) and targets [B, 3, S, S] ->
         one dict of floats per image."""
         target = target.to(self.device)
         recon = fit_to(recon.to(self.device), target.shape[-2:])
-        out = compute_image_metrics(recon, target, lpips=self.lpips)
+        out = compute_image_metrics(recon, target, lpips=self.lpips, id_loss=self.id_loss)
         return [{k: float(v[i]) for k, v in out.items()} for i in range(len(target))]
 
 
@@ -150,7 +159,8 @@ def write_grid(outputs, inputs, size, limit, align, transform=None):
 
 
 def summarize(cfg, inputs, outputs, tally, skipped, metrics, shown):
-    """The run's summary dict, also printed as one line (the last line on stdout)."""
+    """The run's summary dict (``id``, the mean ArcFace similarity, only when it was measured), also
+    printed as one line (the last line on stdout)."""
     rows = list(outputs.rows.values())
     notes = inputs.notes + ([f"{outputs.csv}: {len(outputs.bad_rows)} bad rows ignored and dropped "
                              f"({'; '.join(outputs.bad_rows)})"] if outputs.bad_rows else [])
@@ -160,10 +170,13 @@ def summarize(cfg, inputs, outputs, tally, skipped, metrics, shown):
                "lpips": mean(rows, "lpips"), "grid": shown, "output": str(outputs.root), "notes": notes,
                "keys": dict(zip(map(str, inputs.paths), inputs.keys))}
     lpips = f"{summary['lpips']:.4f}" if metrics.lpips is not None else f"blank ({metrics.lpips_missing})"
+    if metrics.id_loss is not None:
+        summary["id"] = mean(rows, "id")
+    id_text = f" id {summary['id']:.4f}" if "id" in summary else ""
     bad = f" ({'; '.join(errors)})" if errors else ""
     diverged_text = f"{len(diverged)} diverged ({', '.join(diverged)}), nothing written; " if diverged else ""
     notes_text = f"; notes: {'; '.join(notes)}" if notes else ""
     print(f"invert.py: {inverted} inverted, {skipped} already done, {len(errors)} unreadable{bad}; {diverged_text}"
           f"over {len(rows)} images mse {summary['mse']:.4f} psnr {summary['psnr']:.2f} "
-          f"ssim {summary['ssim']:.4f} lpips {lpips} -> {outputs.root}{notes_text}")
+          f"ssim {summary['ssim']:.4f} lpips {lpips}{id_text} -> {outputs.root}{notes_text}")
     return summary

@@ -6,10 +6,31 @@ Scales: MSE is taken on the [-1, 1] images, the convention of pSp's and e4e's
 ``scripts/calc_losses_on_images.py`` and so of the numbers the papers report (e.g. pSp 0.034 on
 CelebA-HQ); it is 4x the MSE of the same images in [0, 1]. PSNR and SSIM use [0, 1] images with
 data range 1, the usual image-quality convention (torchmetrics' defaults: Gaussian window 11, σ 1.5).
+ID is pSp/e4e's: cosine similarity of ArcFace IR-SE50 embeddings, with ``model_ir_se50.pth`` where
+:func:`id_weights_path` finds it.
 """
+import os
+from pathlib import Path
+
 import torch
 import torch.nn.functional as F
 from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+ID_WEIGHTS = "model_ir_se50.pth"  # pSp's ArcFace IR-SE50 (linked from the pixel2style2pixel README)
+
+
+def id_weights_path(path=None):
+    """The ArcFace weights file for the ID metric -> a Path, or None when there is none to use.
+
+    ``path`` given (``python -m ganinv.evaluate --id-weights``): that file, whether or not it exists
+    (:class:`ganinv.losses.IDLoss` then fails naming it). Else ``$GANINV_WEIGHTS/model_ir_se50.pth``
+    (``pretrained_models/`` relative to the working folder without the variable: the same folder as
+    ``conf/paths/default.yaml``'s ``weights_dir``, from which the ID loss's ``loss.id_weights`` is
+    built) when that file exists, else None: no ID score, nothing downloaded."""
+    if path is not None:
+        return Path(path)
+    default = Path(os.environ.get("GANINV_WEIGHTS", "pretrained_models")) / ID_WEIGHTS
+    return default if default.is_file() else None
 
 
 def _check(y_hat, y, what):
