@@ -85,7 +85,7 @@ def invert(cfg):
         outputs = Outputs(cfg.output)
         log.info(f"Building the networks for method={cfg.method}")
         run = InversionRun(cfg, outputs)
-        metrics = ImageMetrics(cfg.metrics.lpips_net, run.device)
+        metrics = ImageMetrics(cfg.metrics.lpips_net, run.device, weights_dir=cfg.paths.weights_dir)
         todo = [(p, k) for p, k in zip(inputs.paths, inputs.keys)
                 if not outputs.done(k, run.pti is not None, run.edits, run.extra_files())]
         log.info(f"Inverting {len(todo)} images ({len(inputs.paths) - len(todo)} already done) into <{cfg.output}>")

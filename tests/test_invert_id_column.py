@@ -144,6 +144,10 @@ def test_id_weights_path_and_evaluate_use_one_rule(tmp_path, monkeypatch):
     assert id_weights_path() == Path("pretrained_models") / "model_ir_se50.pth"  # relative to the working folder
     monkeypatch.setenv("GANINV_WEIGHTS", str(tmp_path / "elsewhere"))
     assert id_weights_path() is None  # the variable wins over pretrained_models/
+    # a folder given (invert.py: paths.weights_dir, e.g. overridden on the command line) wins over both
+    found = id_weights_path(folder=tmp_path / "pretrained_models")
+    assert found == tmp_path / "pretrained_models" / "model_ir_se50.pth"
+    assert id_weights_path(folder=tmp_path / "elsewhere") is None
     monkeypatch.setenv("GANINV_WEIGHTS", str(tmp_path / "pretrained_models"))
     assert id_weights_path() == tmp_path / "pretrained_models" / "model_ir_se50.pth"
     args = SimpleNamespace(lpips_random=True, id_weights=None, fid=False, inception_weights=None,

@@ -37,18 +37,19 @@ class ImageMetrics:
     """Per-image MSE, PSNR, SSIM (:mod:`ganinv.metrics.image`), LPIPS when its pretrained network is
     available (else blank, with the reason kept for the summary) and ``id``, pSp/e4e's ArcFace IR-SE50
     cosine similarity (:func:`~ganinv.metrics.image.id_similarity`), when ``model_ir_se50.pth`` is
-    where :func:`~ganinv.metrics.image.id_weights_path` looks (``id_weights``: a file instead; with
-    neither, no ``id`` key and no metrics.csv column). Scored at the target's resolution (the
+    where :func:`~ganinv.metrics.image.id_weights_path` looks (in ``weights_dir``, invert.py's
+    ``paths.weights_dir``; ``id_weights``: a file instead; with neither, no ``id`` key and no
+    metrics.csv column). Scored at the target's resolution (the
     generator's): IDLoss pools or upsamples to 256 before pSp's face crop, unlike ``ganinv.evaluate``,
     which resizes both images to 256 first."""
 
-    def __init__(self, lpips_net, device, id_weights=None):
+    def __init__(self, lpips_net, device, id_weights=None, weights_dir=None):
         self.device, self.lpips, self.lpips_missing = device, None, None
         try:
             self.lpips = LPIPSLoss(net=lpips_net, pnet_rand=False).to(device)
         except FileNotFoundError as e:
             self.lpips_missing = str(e)
-        weights, self.id_loss = id_weights_path(id_weights), None
+        weights, self.id_loss = id_weights_path(id_weights, weights_dir), None
         if weights is not None:
             with torch.random.fork_rng(devices=[]):  # building the net draws (then loads) random weights:
                 self.id_loss = IDLoss(weights_path=weights).to(device)  # the inversion's RNG is left as it was

@@ -19,17 +19,19 @@ from torchmetrics.functional.image import peak_signal_noise_ratio, structural_si
 ID_WEIGHTS = "model_ir_se50.pth"  # pSp's ArcFace IR-SE50 (linked from the pixel2style2pixel README)
 
 
-def id_weights_path(path=None):
+def id_weights_path(path=None, folder=None):
     """The ArcFace weights file for the ID metric -> a Path, or None when there is none to use.
 
     ``path`` given (``python -m ganinv.evaluate --id-weights``): that file, whether or not it exists
-    (:class:`ganinv.losses.IDLoss` then fails naming it). Else ``$GANINV_WEIGHTS/model_ir_se50.pth``
-    (``pretrained_models/`` relative to the working folder without the variable: the same folder as
-    ``conf/paths/default.yaml``'s ``weights_dir``, from which the ID loss's ``loss.id_weights`` is
-    built) when that file exists, else None: no ID score, nothing downloaded."""
+    (:class:`ganinv.losses.IDLoss` then fails naming it). Else ``<folder>/model_ir_se50.pth`` when that
+    file exists, else None (no ID score, nothing downloaded); ``folder`` defaults to ``$GANINV_WEIGHTS``
+    or ``pretrained_models/`` (relative to the working folder), as ``conf/paths/default.yaml``'s
+    ``weights_dir`` (invert.py passes its ``paths.weights_dir``, from which the ID loss's
+    ``loss.id_weights`` is built too)."""
     if path is not None:
         return Path(path)
-    default = Path(os.environ.get("GANINV_WEIGHTS", "pretrained_models")) / ID_WEIGHTS
+    folder = os.environ.get("GANINV_WEIGHTS", "pretrained_models") if folder is None else folder
+    default = Path(folder) / ID_WEIGHTS
     return default if default.is_file() else None
 
 
