@@ -1,7 +1,10 @@
 """Package-wide source conventions (ganinv issue 16, item 5), checked on the AST of every ganinv/**/*.py.
 
-- No function annotations: types, shapes and ranges go in docstrings (dataclass / NamedTuple field
-  annotations are class-level assignments and stay).
+- No function annotations (types, shapes and ranges go in docstrings), with one exception: the
+  parameters of a class's ``__init__`` may carry simple type annotations, because the config check
+  (``ganinv.cli.check_config``) reads them to refuse e.g. ``data.batch_size=2.5`` in one line (a
+  parameter without one is checked against its default's type). No return annotations anywhere.
+  Dataclass / NamedTuple field annotations are class-level assignments and stay.
 - A constructor in ganinv/methods/ or ganinv/nets/ with more than 12 parameters declares one
   parameter per line, each with its comment (NVlabs' style).
 """
@@ -29,12 +32,16 @@ def all_args(args):
 
 
 def annotated_functions(tree):
-    """(lineno, name) of every def / async def / lambda with an annotated argument or return."""
+    """(lineno, name) of every def / async def / lambda with an annotated argument or return, except
+    the parameters of a class's ``__init__`` (read by the config check; its return still counts)."""
+    constructors = {id(node) for cls in ast.walk(tree) if isinstance(cls, ast.ClassDef)
+                    for node in cls.body if isinstance(node, ast.FunctionDef) and node.name == "__init__"}
     out = []
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)):
             returns = getattr(node, "returns", None)
-            if returns is not None or any(a.annotation is not None for a in all_args(node.args)):
+            args = id(node) not in constructors and any(a.annotation is not None for a in all_args(node.args))
+            if returns is not None or args:
                 out.append((node.lineno, getattr(node, "name", "<lambda>")))
     return out
 
@@ -76,8 +83,12 @@ def test_detector_sees_every_annotation_kind():
                      "def e(x, y=1, *z, **k): pass\n"
                      "class F:\n"
                      "    n: int = 0\n"
-                     "    def g(self, u: 'F'): pass\n")
-    assert [name for _, name in annotated_functions(tree)] == ["a", "b", "c", "d", "g"]
+                     "    def g(self, u: 'F'): pass\n"
+                     "    def __init__(self, size: int, flip: bool = False): pass\n"
+                     "class H:\n"
+                     "    def __init__(self) -> None: pass\n")
+    assert [name for _, name in annotated_functions(tree)] == ["a", "b", "c", "d", "g", "__init__"]
+    assert annotated_functions(tree)[-1][0] == 11  # H's return annotation; F's parameter types are allowed
 
 
 def test_optimization_inversion_one_parameter_per_line():

@@ -2,9 +2,12 @@
 and the folder walk and output-key rule they and invert.py share (:func:`walk_images`,
 :func:`image_keys`: linked folders followed once, keys unique and independent of listing order)."""
 
+from __future__ import annotations
+
 import os
 import warnings
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import NamedTuple
 
@@ -188,7 +191,7 @@ class ImageFolder(Dataset):
     Lightning seeds per worker).
     """
 
-    def __init__(self, root, size, flip=False):
+    def __init__(self, root: str | os.PathLike, size: int | tuple[int, int], flip: bool = False):
         self.root, self.size, self.flip = Path(root), size, flip
         self.paths = list_images(root)
 
@@ -239,7 +242,7 @@ class PairedDataset(Dataset):
     inputs are the same every epoch.
     """
 
-    def __init__(self, base, task=None, split="train", seed=0, source=None):
+    def __init__(self, base: Dataset, task=None, split: str = "train", seed: int = 0, source=None):
         self.source_paths = None
         if source is not None:
             self.source_paths = list_images(source)
@@ -348,7 +351,7 @@ class ShardSampler(torch.utils.data.Sampler):
     The tail that does not divide evenly over the ranks is dropped.
     """
 
-    def __init__(self, length, seed, shuffle=True, rank=0, world_size=1):
+    def __init__(self, length: int, seed: int, shuffle: bool = True, rank: int = 0, world_size: int = 1):
         self.length, self.seed, self.shuffle = length, seed, shuffle
         self.rank, self.world_size, self.epoch = rank, world_size, 0
 
@@ -368,7 +371,7 @@ class ShardSampler(torch.utils.data.Sampler):
 
 
 class _PairedDataModule(pl.LightningDataModule):
-    def __init__(self, batch_size, num_workers, seed, shuffle=True):
+    def __init__(self, batch_size: int, num_workers: int, seed: int, shuffle: bool = True):
         super().__init__()
         self.batch_size, self.num_workers, self.seed, self.shuffle = batch_size, num_workers, seed, shuffle
         self.datasets: dict[str, Dataset] = {}
@@ -415,9 +418,23 @@ class ImageDataModule(_PairedDataModule):
     explicit train_dir / val_dir, and targets are not flipped (the source would not follow).
     """
 
-    def __init__(self, train_dir=None, val_dir=None, test_dir=None, root=None, split=(0.9, 0.05, 0.05), size=256,
-                 batch_size=8, num_workers=0, flip=True, task=None, seed=0, shuffle=True, train_source_dir=None,
-                 val_source_dir=None):
+    def __init__(
+        self,
+        train_dir: str | None = None,
+        val_dir: str | None = None,
+        test_dir: str | None = None,
+        root: str | None = None,
+        split: Sequence[float] = (0.9, 0.05, 0.05),
+        size: int | tuple[int, int] = 256,
+        batch_size: int = 8,
+        num_workers: int = 0,
+        flip: bool = True,
+        task=None,
+        seed: int = 0,
+        shuffle: bool = True,
+        train_source_dir: str | None = None,
+        val_source_dir: str | None = None,
+    ):
         super().__init__(batch_size, num_workers, seed, shuffle)
         sources = {"train_source_dir": (train_source_dir, train_dir), "val_source_dir": (val_source_dir, val_dir)}
         for key, (source, target) in sources.items():
@@ -456,8 +473,18 @@ class ProceduralDataModule(_PairedDataModule):
     Each split is a ``ProceduralFaces`` stream with the same seed, so splits never share items.
     """
 
-    def __init__(self, size=64, train_length=50000, val_length=500, test_length=500, batch_size=32, num_workers=0,
-                 seed=0, task=None, shuffle=True):
+    def __init__(
+        self,
+        size: int = 64,
+        train_length: int = 50000,
+        val_length: int = 500,
+        test_length: int = 500,
+        batch_size: int = 32,
+        num_workers: int = 0,
+        seed: int = 0,
+        task=None,
+        shuffle: bool = True,
+    ):
         super().__init__(batch_size, num_workers, seed, shuffle)
         self.size, self.task = size, task
         self.lengths = {"train": train_length, "val": val_length, "test": test_length}

@@ -8,6 +8,8 @@ size and anti-aliased with a one-pixel linear coverage ramp, so every resolution
 Coordinates: x (columns) and y (rows, pointing down) both span [-1, 1] over the image.
 """
 
+from __future__ import annotations
+
 import argparse
 import math
 from collections.abc import Mapping
@@ -270,7 +272,7 @@ class ProceduralFaces(Dataset):
 
     factor_names = FACTORS
 
-    def __init__(self, length=10000, size=64, seed=0, split="train"):
+    def __init__(self, length: int = 10000, size: int = 64, seed: int = 0, split: str = "train"):
         if split not in SPLITS:
             raise ValueError(f"split must be one of {SPLITS}, got {split!r}")
         if length < 0:

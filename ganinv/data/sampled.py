@@ -2,8 +2,11 @@
 training, latent-recovery metrics, and the G(w) -> w pairs of pbaylies/stylegan-encoder
 ``train_resnet.py`` ``generate_dataset_main``)."""
 
+from __future__ import annotations
+
 import numpy as np
 import torch
+from torch import nn
 from torch.utils.data import Dataset
 
 
@@ -34,8 +37,18 @@ class GeneratorSampledDataset(Dataset):
     None keeps the plain (seed, index) streams.
     """
 
-    def __init__(self, generator, length, seed=0, truncation=1.0, noise_mode="const", batch_size=16, mirror=False,
-                 style_groups=False, split=None):
+    def __init__(
+        self,
+        generator: nn.Module,
+        length: int,
+        seed: int = 0,
+        truncation: float = 1.0,
+        noise_mode: str = "const",
+        batch_size: int = 16,
+        mirror: bool = False,
+        style_groups: bool = False,
+        split: int | None = None,
+    ):
         if noise_mode not in ("const", "random", "none"):
             raise ValueError(f"noise_mode must be 'const', 'random' or 'none', got {noise_mode!r}")
         if length < 0 or batch_size < 1:

@@ -7,6 +7,8 @@ exception: segmentation-to-image inputs are label maps that cannot be derived fr
 converts a label map instead (``from_target = False``).
 """
 
+from __future__ import annotations
+
 import kornia
 import torch
 import torch.nn.functional as F
@@ -76,7 +78,7 @@ class SuperResolution:
     from_target = True
     input_nc = 3
 
-    def __init__(self, factors=(1, 2, 4, 8, 16, 32)):
+    def __init__(self, factors: tuple[int, ...] = (1, 2, 4, 8, 16, 32)):
         if not factors or any(int(f) != f or f < 1 for f in factors):
             raise ValueError(f"factors must be positive integers, got {factors}")
         self.factors = tuple(int(f) for f in factors)
@@ -105,7 +107,7 @@ class Inpainting:
     from_target = True
     input_nc = 4
 
-    def __init__(self, min_size=0.25, max_size=0.5):
+    def __init__(self, min_size: float = 0.25, max_size: float = 0.5):
         if not 0 < min_size <= max_size <= 1:
             raise ValueError(f"need 0 < min_size <= max_size <= 1, got {min_size}, {max_size}")
         self.min_size, self.max_size = min_size, max_size
@@ -150,7 +152,7 @@ class EdgeSketch:
     from_target = True
     input_nc = 1
 
-    def __init__(self, method="sobel", gain=4.0, low=0.1, high=0.2):
+    def __init__(self, method: str = "sobel", gain: float = 4.0, low: float = 0.1, high: float = 0.2):
         if method not in ("sobel", "canny"):
             raise ValueError(f"EdgeSketch method must be 'sobel' or 'canny', got {method!r}")
         self.method, self.gain, self.low, self.high = method, gain, low, high
@@ -175,7 +177,7 @@ class OneHotLabels:
 
     from_target = False
 
-    def __init__(self, label_nc):
+    def __init__(self, label_nc: int):
         if label_nc < 1:
             raise ValueError(f"label_nc must be positive, got {label_nc}")
         self.label_nc = label_nc
@@ -217,7 +219,7 @@ class HorizontalFlip:
     from_target = True
     input_nc = 3
 
-    def __init__(self, p=0.5):
+    def __init__(self, p: float = 0.5):
         if not 0 <= p <= 1:
             raise ValueError(f"flip probability p must lie in [0, 1], got {p}")
         self.p = p
