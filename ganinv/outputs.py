@@ -60,7 +60,8 @@ from .data.images import save_image
 COLUMNS = ["image", "mse", "psnr", "ssim", "lpips", "seconds", "generator"]  # always written, in this order
 # written only when measured: id (ArcFace cosine similarity, with model_ir_se50.pth), after lpips
 OPTIONAL = ("id",)
-ORDER = ["image", "mse", "psnr", "ssim", "lpips", "id", "seconds", "generator"]  # COLUMNS + OPTIONAL in place
+_AFTER = COLUMNS.index("lpips") + 1
+ORDER = [*COLUMNS[:_AFTER], *OPTIONAL, *COLUMNS[_AFTER:]]  # COLUMNS with OPTIONAL in place (after lpips)
 NUMERIC = ("seconds",)  # always written
 # blank when not measured (no RGB target; no pretrained LPIPS; id: only when some row has it)
 METRICS = ("mse", "psnr", "ssim", "lpips", "id")

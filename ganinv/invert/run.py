@@ -17,10 +17,8 @@ encoder pass by hand (:meth:`InversionRun.autocast`), the optimisation and PTI t
 trainer's ``precision="bf16-mixed"`` (Lightning's autocast around each training step). Under it
 convolutions and linears run bf16, while norms, MSE / mean reductions and the ID loss's l2
 normalisation (``torch.norm`` is on autocast's fp32 list) stay fp32; codes and images leave as fp32.
-The mapping network's lr_mul=0.01 equalised-lr scalars are applied to the weight in fp32 before
-autocast rounds it; w_statistics (the mean latent) and init=random's w are computed outside autocast,
-in fp32. Inside a bf16-mixed step (latent_space=z, PTI's locality samples) autocast runs the mapping's
-F.linear in bf16.
+The mapping network always runs fp32 (``Generator.mapping`` turns autocast off), also inside a
+bf16-mixed step (latent_space=z, PTI's locality samples).
 """
 import contextlib
 import functools
@@ -44,7 +42,7 @@ from ..progress import StepProgress
 from ..runner import build_loggers, to_channels_last
 from .alae import is_alae_file, load_alae_encoder
 from .inputs import InputTransform
-from .settings import METHODS, edit_specs, parse_rows, torch_device, trainer_precision
+from .settings import METHODS, edit_specs, parse_rows, torch_device, trainer_precision, uses_bf16
 from .tasks import Tasks, discriminator_for
 
 
@@ -137,7 +135,7 @@ class InversionRun:
             self.generator = instantiate(cfg.generator)
         self.generator.requires_grad_(False).eval()
         self.channels_last = bool(cfg.get("channels_last", False))
-        self.bf16 = str(cfg.get("precision", 32)) == "bf16"
+        self.bf16 = uses_bf16(cfg)
         self.latent_mask, self.n_outputs = None, int(cfg.get("n_outputs") or 1)
         if cfg.get("latent_mask") is not None:
             if self.method != "encoder":

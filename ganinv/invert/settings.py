@@ -102,11 +102,16 @@ def check_precision(cfg):
         raise ValueError(f"channels_last={cfg.get('channels_last')}: expected true or false")
 
 
+def uses_bf16(cfg):
+    """Whether the run computes in bf16 (precision=bf16)."""
+    return str(cfg.get("precision", 32)) == "bf16"
+
+
 def trainer_precision(cfg):
     """The Lightning ``precision`` of invert.py's optimisation / PTI trainers: bf16-mixed for
     precision=bf16 (Lightning's torch.autocast(bfloat16) around every training step), else the
     trainer config's own (32)."""
-    return "bf16-mixed" if str(cfg.get("precision", 32)) == "bf16" else cfg.trainer.get("precision", 32)
+    return "bf16-mixed" if uses_bf16(cfg) else cfg.trainer.get("precision", 32)
 
 
 def check_bootstrap(cfg):
