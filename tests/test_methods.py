@@ -128,9 +128,9 @@ def test_e4e_resume_matches_uninterrupted(compose_train, tmp_path):
 @pytest.mark.slow
 @pytest.mark.parametrize("switch", ["compile=true", "trainer.precision=bf16-mixed", "channels_last=true"])
 def test_speed_switches_train(compose_train, switch):
-    """torch.compile, bf16 autocast and channels_last are config switches that train every encoder method.
-    compile=true trains e4e only (its progressive stages and latent D are the hardest graph to compile;
-    compiling psp and idinvert too took 260 s more of the CI budget for no path e4e does not cover)."""
+    """torch.compile, bf16 autocast and channels_last are config switches that train the encoder
+    methods (psp, e4e, idinvert). compile=true trains e4e only: its progressive stages and latent D
+    are the hardest graph to compile; psp and idinvert too took 367 s more of the CI budget."""
     methods = ("e4e",) if switch == "compile=true" else ("psp", "e4e", "idinvert")
     for method in methods:
         cfg = compose_train(*tiny(method, "trainer.max_steps=2", switch))
