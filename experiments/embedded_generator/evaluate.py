@@ -3,11 +3,16 @@
 A factor regressor trained on real procedural faces predicts the 12 rendering factors of
 (a) real dataset images and (b) generator samples; the per-factor gap between the two
 distributions (mean and std) says how well the samples cover the factors. Also writes a
-sample grid.
+sample grid. Then the InterFaceGAN boundary of every factor, fitted as the shipped directions are
+(``python -m ganinv.editing fit-boundary --procedural all``: ``--boundary-samples`` w = mapping(z),
+regressor labels of G(w), the official selection of the top/bottom 2 %, 70/30 split, linear SVC):
+its validation accuracy (what the official ``train_boundary`` logs) and its accuracy on the samples
+not chosen (labelled by the mid score), which says how linearly the factor is laid out in W.
 
-    python experiments/embedded_generator/evaluate.py [--n 2000] [--out experiments/embedded_generator]
+    python experiments/embedded_generator/evaluate.py [--n 2000] [--generator PT] [--out DIR]
 
-Prints a markdown table and writes results.json and samples.png next to this script.
+Prints markdown tables and writes results.json (and samples.png) to ``--out`` (default: beside
+this script); ``--generator`` (default the shipped asset) evaluates a candidate checkpoint.
 """
 import argparse
 import json
@@ -19,6 +24,8 @@ import torchvision
 from ganinv.checkpoints import load_generator
 from ganinv.config import ASSETS
 from ganinv.data.procedural import FACTORS, render_batch
+from ganinv.editing.boundary import train_boundary
+from ganinv.editing.labels import procedural_scores
 from ganinv.metrics.editability import train_factor_regressor
 
 
@@ -31,11 +38,14 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--n", type=int, default=2000)
     ap.add_argument("--regressor-steps", type=int, default=600)
+    ap.add_argument("--boundary-samples", type=int, default=20000)
+    ap.add_argument("--generator", default=str(ASSETS / "procedural64.pt"))
     ap.add_argument("--out", default=str(Path(__file__).parent))
     args = ap.parse_args()
     out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
     regressor, stats = train_factor_regressor(steps=args.regressor_steps, seed=0)
-    g = load_generator(ASSETS / "procedural64.pt")
+    g = load_generator(args.generator)
     gen = torch.Generator().manual_seed(1)
     real = render_batch(torch.rand(args.n, len(FACTORS), generator=gen), 64)
     z = torch.randn(args.n, g.style_dim, generator=gen)
@@ -56,8 +66,17 @@ def main():
     mean_gap = sum(abs(r["real_mean"] - r["fake_mean"]) for r in rows) / len(rows)
     std_gap = sum(abs(r["real_std"] - r["fake_std"]) for r in rows) / len(rows)
     print(f"\nmean |mean gap| {mean_gap:.3f}, mean |std gap| {std_gap:.3f} (factors are uniform on [0, 1]: std 0.289)")
-    (out / "results.json").write_text(json.dumps({"regressor": stats, "factors": rows, "mean_gap": mean_gap,
-                                                  "std_gap": std_gap}, indent=1))
+    w, scores = procedural_scores(g, regressor, args.boundary_samples, seed=0)
+    print(f"\nInterFaceGAN boundaries ({args.boundary_samples} samples, top/bottom 2 %):\n")
+    print("| factor | validation accuracy | accuracy on the rest |")
+    print("|---|---|---|")
+    for i, r in enumerate(rows):
+        fit = train_boundary(w, scores[:, i])
+        r["boundary_val_accuracy"], r["boundary_remaining_accuracy"] = fit.val_accuracy, fit.remaining_accuracy
+        print(f"| {r['factor']} | {fit.val_accuracy:.3f} | {fit.remaining_accuracy:.3f} |")
+    (out / "results.json").write_text(json.dumps({"generator": args.generator, "regressor": stats, "factors": rows,
+                                                  "mean_gap": mean_gap, "std_gap": std_gap,
+                                                  "boundary_samples": args.boundary_samples}, indent=1))
     torchvision.utils.save_image(fake[:64], out / "samples.png", nrow=8, normalize=True, value_range=(-1, 1))
 
 

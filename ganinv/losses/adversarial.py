@@ -36,6 +36,13 @@ def r1_penalty(real_logits, real_inputs):
     return grad.pow(2).reshape(grad.shape[0], -1).sum(1).mean()
 
 
+def fp32_region(tensor):
+    """A context that turns autocast off on ``tensor``'s device: the D forward whose R1 penalty is
+    taken runs fp32 under ``trainer.precision=bf16-mixed`` too (R1 differentiates the gradient of D;
+    bf16's 8-bit mantissa in that double backward is the precision loss issue 20 keeps out)."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
 def lazy_r1(real_logits, real_inputs, gamma=10.0, interval=16):
     """Lazy R1 loss to backpropagate every ``interval`` D steps: γ/2 · R1 · interval.
 

@@ -20,7 +20,7 @@ import pytorch_lightning as pl
 import torch
 
 from ..distributed import module_randn, run_seed, step_seed
-from ..losses.adversarial import d_logistic_loss, g_nonsaturating_loss, lazy_r1
+from ..losses import d_logistic_loss, fp32_region, g_nonsaturating_loss, lazy_r1
 from .base import check_precision, ema_update, frozen_copy, log_grid, offset_seed_by_rank, step_uncounted
 
 
@@ -79,7 +79,8 @@ class StyleGAN2(pl.LightningModule):
         logs = {"train/d_loss": d_loss.detach()}
         if hp.r1 > 0 and it % hp.d_reg_every == 0:
             real_r = real.detach().requires_grad_(True)
-            r1_loss = lazy_r1(self.discriminator(real_r), real_r, hp.r1, hp.d_reg_every)
+            with fp32_region(real_r):  # double backward: fp32 also under bf16-mixed
+                r1_loss = lazy_r1(self.discriminator(real_r), real_r, hp.r1, hp.d_reg_every)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(r1_loss)
             step_uncounted(opt_d)
