@@ -33,7 +33,7 @@ from .report import STYLE, html_table, link, write_html, write_index
 
 ROOT = Path(__file__).resolve().parent.parent
 # Hair tone: a factor the 64 px generator and a short-trained encoder both capture (boundary accuracy
-# ~0.9 on e4e codes); mouth curvature, rendered blurrily by this generator, fits at ~0.6.
+# ~0.9 on e4e codes); experiments/embedded_generator/README.md has every factor's boundary.
 EDIT_FACTOR = "hair_tone"
 DEMO_STYLE = STYLE.replace("max-width:1100px", "max-width:900px")
 

@@ -71,3 +71,20 @@ def test_ema_tracks_generator_and_export_loads(tmp_path):
         img = torch.randn(2, 3, 16, 16)
         assert torch.allclose(d(img), module.discriminator(img), atol=1e-6)
     assert g.latent_avg.shape == (32,)
+
+
+def test_bf16_mixed_runs_d_in_bf16_and_r1_in_fp32(tmp_path):
+    """Under trainer.precision=bf16-mixed the D logits are bf16, except the R1 forward (every
+    ``d_reg_every`` iterations), which ``fp32_region`` keeps fp32 for the double backward."""
+    module = _module(d_reg_every=2)
+    dtypes = []
+    module.discriminator.register_forward_hook(lambda m, i, out: dtypes.append((i[0].requires_grad, out.dtype)))
+    data = TensorDataset(torch.rand(64, 3, 16, 16) * 2 - 1)
+    trainer = pl.Trainer(max_steps=4, accelerator="cpu", logger=False, enable_checkpointing=False,
+                         enable_progress_bar=False, default_root_dir=tmp_path, precision="bf16-mixed")
+    trainer.fit(module, DataLoader(data, batch_size=8))
+    # per iteration: D(real), D(fake) [, D(real) for R1 at iterations 0 and 2], D(G(z)) for G's loss
+    r1 = [dt for needs_grad, dt in dtypes if needs_grad and dt == torch.float32]
+    assert len(dtypes) == 4 * 3 + 2 and len(r1) == 2
+    assert sum(dt == torch.bfloat16 for _, dt in dtypes) == 12
+    assert all(torch.isfinite(p).all() for p in module.discriminator.parameters())

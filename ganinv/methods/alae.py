@@ -28,7 +28,7 @@ import torch.nn.functional as F
 
 from ..checkpoints.alae import ALAEConfig, save_alae
 from ..distributed import module_randn, run_seed, step_seed
-from ..losses.adversarial import d_logistic_loss, g_nonsaturating_loss, lazy_r1
+from ..losses.adversarial import d_logistic_loss, fp32_region, g_nonsaturating_loss, lazy_r1
 from ..nets.alae import lr_equalization_groups
 from .base import check_precision, ema_update, frozen_copy, log_grid, offset_seed_by_rank, step_uncounted
 
@@ -153,8 +153,9 @@ class ALAE(pl.LightningModule):
         with torch.no_grad():
             _, fake = self.generate(b, s, "d", mixing=True)
         m.encoder.requires_grad_(True)
-        d_real = self.d_of_e(x, s)
-        r1 = lazy_r1(d_real, x, self.hparams.r1_gamma, 1) if self.hparams.r1_gamma else 0.0
+        with fp32_region(x):  # R1's double backward stays fp32 under bf16-mixed
+            d_real = self.d_of_e(x, s)
+            r1 = lazy_r1(d_real, x, self.hparams.r1_gamma, 1) if self.hparams.r1_gamma else 0.0
         loss_d = d_logistic_loss(d_real, self.d_of_e(fake, s)) + r1
         opt_e.zero_grad(set_to_none=True)
         self.manual_backward(loss_d)

@@ -34,7 +34,7 @@ import random
 import torch
 
 from ..distributed import module_randn, run_seed, step_seed
-from ..losses import d_logistic_terms, delta_losses, g_nonsaturating_loss, lazy_r1
+from ..losses import d_logistic_terms, delta_losses, fp32_region, g_nonsaturating_loss, lazy_r1
 from ..nets.latent_discriminator import LatentCodesDiscriminator, LatentCodesPool
 from .base import step_uncounted
 from .encoder import EncoderMethod
@@ -171,7 +171,8 @@ class E4E(EncoderMethod):
                 "discriminator_loss": d_loss.detach()}
         if hp.r1 > 0 and self.global_step % hp.d_reg_every == 0:
             real_w = real_w.detach().requires_grad_(True)
-            r1 = lazy_r1(d(real_w), real_w, hp.r1, hp.d_reg_every)
+            with fp32_region(real_w):  # R1's double backward stays fp32 under bf16-mixed
+                r1 = lazy_r1(d(real_w), real_w, hp.r1, hp.d_reg_every)
             opt_d.zero_grad(set_to_none=True)
             self.manual_backward(r1)
             step_uncounted(opt_d)

@@ -11,7 +11,7 @@ domain-regularised optimisation lives in ``ganinv.methods.optimization``.
 import torch
 import torch.nn.functional as F
 
-from ..losses import d_logistic_loss, g_nonsaturating_loss, lazy_r1, vgg_feature_loss
+from ..losses import d_logistic_loss, fp32_region, g_nonsaturating_loss, lazy_r1, vgg_feature_loss
 from .base import step_uncounted
 from .encoder import EncoderMethod
 
@@ -68,9 +68,10 @@ class IDInvert(EncoderMethod):
         with torch.no_grad():
             fake = self.decode(self.encode(x), size=size)
         real = y.detach().requires_grad_(True)
-        real_logits = self.discriminator(real)
+        with fp32_region(real):  # R1's double backward stays fp32 under bf16-mixed
+            real_logits = self.discriminator(real)
+            r1 = lazy_r1(real_logits, real, hp.r1_gamma, interval=1)
         d_loss = d_logistic_loss(real_logits, self.discriminator(fake))
-        r1 = lazy_r1(real_logits, real, hp.r1_gamma, interval=1)
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss + r1)
         step_uncounted(opt_d)
