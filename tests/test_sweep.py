@@ -160,3 +160,28 @@ def test_every_job_composes_and_own_generator_codes_are_not_scored():
     assert scores == dict.fromkeys(sweep.CODE_KEYS) and "latent_d_p_real" in scores
     row = report.markdown([{**fake_result("alae", 0.1, 0.0, 0.0), **scores}], "sw", None)
     assert "| alae | 0.1000 | 10.00 | 0.500 | n/a | n/a |" in row
+
+
+@pytest.mark.slow
+def test_curves_last_point_equals_the_sweep_job_at_that_budget(tmp_path):
+    """curves.py trains pSp once to 4 iterations with exports at 2 and 4 and scores each as a sweep
+    job does: the step-4 point equals `sweep.py job=psp` trained for 4 iterations (same seed, same
+    run; pSp has no schedule tied to max_steps), and the step-2 export is a different encoder."""
+    sweep_dir, out = tmp_path / "sweep", tmp_path / "results"
+    tiny = [o if o != "budget.train_steps=2" else "budget.train_steps=4" for o in TINY]
+    r = subprocess.run([sys.executable, str(SWEEP / "curves.py"), "--methods", "psp", "--steps", "4", "--every", "2",
+                        "--out", str(out), f"sweep_dir={sweep_dir}", *tiny],
+                       capture_output=True, text=True, env=env(), timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    r = subprocess.run([sys.executable, str(SWEEP / "sweep.py"), "job=psp", "wandb=false", f"sweep_dir={sweep_dir}",
+                        *tiny], capture_output=True, text=True, env=env(), timeout=900)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    curve = json.loads((out / "curves.json").read_text())["psp"]
+    job = json.loads((sweep_dir / "psp" / "result.json").read_text())
+    assert [p["step"] for p in curve["points"]] == [2, 4]
+    last = curve["points"][-1]
+    for key in ("mse", "psnr", "ssim", "editability", "target_shift", "w_radius_ratio", "latent_d_p_real"):
+        assert last[key] == pytest.approx(job[key], rel=1e-5, abs=1e-7), key
+    assert curve["points"][0]["mse"] != last["mse"]
+    assert Image.open(out / "curves.png").size == (1200, 820)
+    assert Image.open(out / "curves_tradeoff.png").size == (900, 620)

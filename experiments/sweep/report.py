@@ -56,6 +56,11 @@ REFERENCE_KEYS = ("editability", "target_shift", "identity_drift", "latent_d_acc
                   "w_radius_ratio")
 
 
+# matplotlib's tab10, one colour per method
+COLOURS = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
+           (227, 119, 194), (127, 127, 127)]
+
+
 def collect(sweep_dir):
     """result.json of every job under ``sweep_dir``, in the sweep's job order, then by name."""
     results = [json.loads(p.read_text()) for p in sorted(Path(sweep_dir).glob("*/result.json"))]
@@ -133,6 +138,55 @@ def markdown(results, sweep_dir, notes, reference=None):
     return "\n".join(lines)
 
 
+def span(values):
+    """(low, high) axis limits around ``values`` with a 12 % margin."""
+    lo, hi = min(values), max(values)
+    pad = (hi - lo) * 0.12 or abs(hi) * 0.1 or 1e-3
+    return lo - pad, hi + pad
+
+
+def ticks(lo, hi):
+    """Six (value, label) ticks from lo to hi, with enough decimals to tell them apart."""
+    places = max(0, 1 - math.floor(math.log10((hi - lo) / 5)))
+    return [(lo + (hi - lo) * i / 5, f"{lo + (hi - lo) * i / 5:.{places}f}") for i in range(6)]
+
+
+def plot_lines(d, box, series, ylabel, xlabel, tags=None):
+    """Draw on ``d`` (ImageDraw) inside ``box`` (x0, y0, x1, y1) one line with dots per series
+    ``(label, [(x, y), ...])``, in COLOURS order, with a legend; ``tags``: per series, a text per
+    point (e.g. the iteration) written next to it."""
+    font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
+    left, top, right, bottom = box[0] + 75, box[1] + 30, box[2] - 20, box[3] - 50
+    d.text((left - 60, top - 22), ylabel, fill="black", font=font)
+    d.rectangle([left, top, right, bottom], outline="black")
+    xs = [x for _, pts in series for x, _ in pts]
+    ys = [y for _, pts in series for _, y in pts]
+    if not xs:
+        return
+    (x0, x1), (y0, y1) = span(xs), span(ys)
+    px = lambda x: left + (x - x0) / (x1 - x0) * (right - left)  # noqa: E731
+    py = lambda y: bottom - (y - y0) / (y1 - y0) * (bottom - top)  # noqa: E731
+    for xv, text in ticks(x0, x1):
+        d.line([px(xv), bottom, px(xv), bottom + 5], fill="black")
+        d.text((px(xv) - d.textlength(text, font=small) / 2, bottom + 8), text, fill="black", font=small)
+    for yv, text in ticks(y0, y1):
+        d.line([left - 5, py(yv), left, py(yv)], fill="black")
+        d.text((left - 8 - d.textlength(text, font=small), py(yv) - 7), text, fill="black", font=small)
+        d.line([left + 1, py(yv), right - 1, py(yv)], fill=(232, 232, 232))
+    d.text(((left + right - d.textlength(xlabel, font=font)) / 2, bottom + 26), xlabel, fill="black", font=font)
+    for i, (label, pts) in enumerate(series):
+        c = COLOURS[i % len(COLOURS)]
+        xy = [(px(x), py(y)) for x, y in pts]
+        if len(xy) > 1:
+            d.line(xy, fill=c, width=2)
+        for j, (x, y) in enumerate(xy):
+            d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=c)
+            if tags:
+                d.text((x + 5, y - 14), tags[i][j], fill=c, font=small)
+        d.line([right - 150, top + 12 + 16 * i, right - 130, top + 12 + 16 * i], fill=c, width=3)
+        d.text((right - 125, top + 5 + 16 * i), label, fill=c, font=small)
+
+
 def plot(results, path, reference=None, size=(900, 620)):
     """Distortion (MSE) vs editability, one labelled point per method (PIL; no matplotlib needed); a
     dashed line at the editability of sampled w (``reference``), when given. Without editability
@@ -152,15 +206,6 @@ def plot(results, path, reference=None, size=(900, 620)):
     d.rectangle([left, top, right, bottom], outline="black")
     xs, ys = [p[0] for p in pts], [p[1] for p in pts]
 
-    def span(v):
-        lo, hi = min(v), max(v)
-        pad = (hi - lo) * 0.12 or abs(hi) * 0.1 or 1e-3
-        return lo - pad, hi + pad
-
-    def ticks(lo, hi):  # enough decimals to tell five ticks apart
-        places = max(0, 1 - math.floor(math.log10((hi - lo) / 5)))
-        return [(lo + (hi - lo) * i / 5, f"{lo + (hi - lo) * i / 5:.{places}f}") for i in range(6)]
-
     (x0, x1), (y0, y1) = span(xs), span(ys + ([reference] if reference is not None else []))
     x0 = max(x0, 0.0)  # MSE
     px = lambda x: left + (x - x0) / (x1 - x0) * (right - left)  # noqa: E731
@@ -178,10 +223,8 @@ def plot(results, path, reference=None, size=(900, 620)):
         for x in range(left + 2, right - 2, 12):
             d.line([x, py(reference), min(x + 6, right - 2), py(reference)], fill=(110, 110, 110), width=2)
         d.text((left + 8, py(reference) - 18), "sampled w (in W, no inversion)", fill=(90, 90, 90), font=small)
-    colours = [(31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-               (227, 119, 194), (127, 127, 127)]
     for i, (x, y, label) in enumerate(pts):
-        c = colours[i % len(colours)]
+        c = COLOURS[i % len(COLOURS)]
         d.ellipse([px(x) - 6, py(y) - 6, px(x) + 6, py(y) + 6], fill=c, outline="black")
         tx = px(x) + 10 if px(x) < right - 180 else px(x) - 10 - d.textlength(label, font=small)
         d.text((tx, py(y) - 8), label, fill=c, font=small)
