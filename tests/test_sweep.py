@@ -176,12 +176,18 @@ def test_curves_last_point_equals_the_sweep_job_at_that_budget(tmp_path):
     r = subprocess.run([sys.executable, str(SWEEP / "sweep.py"), "job=psp", "wandb=false", f"sweep_dir={sweep_dir}",
                         *tiny], capture_output=True, text=True, env=env(), timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    curve = json.loads((out / "curves.json").read_text())["psp"]
+    data = json.loads((out / "curves.json").read_text())
+    curve = data["curves"]["psp"]
     job = json.loads((sweep_dir / "psp" / "result.json").read_text())
     assert [p["step"] for p in curve["points"]] == [2, 4]
     last = curve["points"][-1]
     for key in ("mse", "psnr", "ssim", "editability", "target_shift", "w_radius_ratio", "latent_d_p_real"):
         assert last[key] == pytest.approx(job[key], rel=1e-5, abs=1e-7), key
     assert curve["points"][0]["mse"] != last["mse"]
+    wplus = data["baselines"]["opt_wplus"]  # scored once, as the sweep's opt_wplus job
+    assert 0 < wplus["mse"] < 1 and "step" not in wplus
+    text = (out / "curves.md").read_text()
+    assert "| 4 | " in text and "pSp reconstructs better than e4e" not in text  # no e4e curve: no e4e claims
+    assert "W+ optimisation is more faithful than every encoder" not in text  # needs e4e and IDInvert too
     assert Image.open(out / "curves.png").size == (1200, 820)
     assert Image.open(out / "curves_tradeoff.png").size == (900, 620)

@@ -3,19 +3,22 @@ method, exported every ``--every`` iterations (``ganinv.methods.snapshots.Export
 export scored exactly as a sweep job scores its final encoder (``sweep.py``: the shared test faces,
 invert.py, MSE / PSNR / SSIM, editability, latent-D P(real), code radius).
 
-    python experiments/sweep/curves.py                                     # psp,e4e,idinvert to 3000, every 250
+    python experiments/sweep/curves.py                                     # psp,e4e,idinvert to 2000, every 250
     python experiments/sweep/curves.py --methods psp --steps 600 --every 200 sweep_dir=/tmp/c
     for m in psp e4e idinvert; do python experiments/sweep/curves.py --methods $m --threads 1 & done  # in parallel
 
 Arguments without ``--`` are Hydra overrides of conf/sweep.yaml, as for run.py. Writes
-``<sweep_dir>/curves/<method>/`` (train/, step_<n>/ inversions) and, with ``--out`` (default
-experiments/results), ``curves.json`` (every point) and ``curves.png`` (four panels against
-iterations) plus ``curves_tradeoff.png`` (MSE vs editability, each method's path over training).
+``<sweep_dir>/curves/<method>/`` (train/, step_<n>/ inversions) and into ``--out`` (default
+experiments/results) ``curves.json`` (every point) and, by ``curves_report.py``, ``curves.md``
+(tables and the papers' orderings at each budget), ``curves.png`` (four panels against iterations)
+and ``curves_tradeoff.png`` (MSE vs editability, each method's path over training). IDInvert's
+domain-regularised optimisation (job ``opt_domain``) is scored from the IDInvert encoder every
+``--follow-every`` iterations, and plain W+ optimisation (``opt_wplus``) once, for its two claims.
 
 One run to ``--steps`` is not the same as separate runs of each length: schedules scaled to
 ``max_steps`` (e4e's progressive stages at the official 10 % / 1 % proportions, IDInvert's ×0.8 lr
-decay every quarter) follow the long run, so the point at 300 of a 3000-iteration curve has e4e at
-its first stage, where a 300-iteration sweep job would have finished all of them.
+decay every quarter) follow the long run: in a 2000-iteration curve e4e adds its W+ deltas from
+iteration 200 to 380 (one every 20), where a 300-iteration sweep job adds them from 30 to 57.
 """
 import argparse
 import os
@@ -23,21 +26,20 @@ import sys
 import time
 from pathlib import Path
 
-from PIL import Image, ImageDraw, ImageFont
-
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
     sys.path.insert(0, str(HERE))
 
+import curves_report  # noqa: E402
 import sweep  # noqa: E402
 import yardsticks  # noqa: E402
-from report import plot_lines  # noqa: E402
 
 from ganinv.methods.snapshots import snapshot_name  # noqa: E402
 
 METHODS = ("psp", "e4e", "idinvert")
-PANELS = (("mse", "MSE on [-1, 1] (lower: more faithful)"), ("editability", "editability (higher: edits better)"),
-          ("latent_d_p_real", "latent-D P(real) (higher: closer to W)"), ("w_radius_ratio", "code radius / W's"))
+# the sweep job that starts from a method's encoder, scored along its curve, and the job it is compared to
+FOLLOW = {"idinvert": "opt_domain"}
+BASELINES = ("opt_wplus",)
 
 
 def compose(overrides):
@@ -72,16 +74,30 @@ def train(cfg, method_dir, every):
     return sorted(snaps.glob("step_*.pt")), record["seconds"]
 
 
-def score(cfg, method_dir, snapshot, prep, shared):
-    """The sweep job's scores of one exported encoder (its inversion kept in step_<n>/)."""
-    (method_dir / snapshot.stem).mkdir(parents=True, exist_ok=True)
-    out = sweep.invert(cfg, method_dir / snapshot.stem, prep["inputs"], snapshot, [prep["fingerprint"], str(snapshot)])
+def score(cfg, job_dir, encoder, prep, shared):
+    """The sweep job's scores (``sweep.py``) of ``cfg.job`` with ``encoder`` (an export, or None),
+    its inversion kept in ``job_dir``/invert."""
+    job_dir.mkdir(parents=True, exist_ok=True)
+    key = [prep["fingerprint"], str(encoder)] if encoder else [prep["fingerprint"]]
+    out = sweep.invert(cfg, job_dir, prep["inputs"], encoder, key)
     rows, result = sweep.image_scores(out)
     result.update(sweep.code_scores(cfg, out, rows, shared))
-    return {"step": int(snapshot.stem.split("_")[1]), **result}
+    return result
 
 
-def curve(method, steps, every, overrides, log=print):
+def step_of(snapshot):
+    return int(snapshot.stem.split("_")[1])
+
+
+def show(log, what, p):
+    log(f"[curves {what}] mse {p['mse']:.4f} editability {p['editability']:.3f} "
+        f"P(real) {p['latent_d_p_real']:.3f} radius {p['w_radius_ratio']:.2f}")
+
+
+def curve(method, steps, every, overrides, follow_every=500, log=print):
+    """Train ``method`` once and score every export -> its curve; for a method in FOLLOW, also the
+    job that starts from its encoder (IDInvert's optimisation from E(x)) at every ``follow_every``
+    iterations and at the last export."""
     cfg = compose([*overrides, f"job={method}", f"budget.train_steps={steps}"])
     sweep_dir = Path(cfg.sweep_dir).resolve()
     shared = sweep_dir / "shared"
@@ -90,48 +106,49 @@ def curve(method, steps, every, overrides, log=print):
     snapshots, seconds = train(cfg, method_dir, every)
     points = []
     for snap in snapshots:
-        points.append(score(cfg, method_dir, snap, prep, shared))
-        p = points[-1]
-        log(f"[curves {method}] step {p['step']}: mse {p['mse']:.4f} editability {p['editability']:.3f} "
-            f"P(real) {p['latent_d_p_real']:.3f} radius {p['w_radius_ratio']:.2f}")
-    return {"method": method, "label": cfg.job.label, "train_seconds": seconds, "every": every, "steps": steps,
-            "budget": {"batch_size": cfg.budget.batch_size}, "points": points}
+        points.append({"step": step_of(snap), **score(cfg, method_dir / snap.stem, snap, prep, shared)})
+        show(log, f"{method} step {points[-1]['step']}", points[-1])
+    result = {"method": method, "label": cfg.job.label, "train_seconds": seconds, "every": every, "steps": steps,
+              "budget": {"batch_size": cfg.budget.batch_size}, "n_images": cfg.n_images, "points": points}
+    if method in FOLLOW and follow_every:
+        job = FOLLOW[method]
+        fcfg = compose([*overrides, f"job={job}"])
+        chosen = [s for s in snapshots if step_of(s) % follow_every == 0 or s == snapshots[-1]]
+        follow = []
+        for snap in chosen:
+            follow.append({"step": step_of(snap), **score(fcfg, method_dir / f"{job}_{snap.stem}", snap, prep, shared)})
+            show(log, f"{job} from the step-{follow[-1]['step']} encoder", follow[-1])
+        result["follow"] = {"job": job, "label": fcfg.job.label, "points": follow}
+    return result
 
 
-def plot(curves, path, size=(1200, 820)):
-    """Four panels (PANELS) of each method's yardstick against training iterations."""
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    w, h = size[0] // 2, (size[1] - 40) // 2
-    font = ImageFont.load_default(size=16)
-    title = "Learning curves on the embedded setting (the sweep's yardsticks, 16 held-out faces)"
-    d.text(((size[0] - d.textlength(title, font=font)) / 2, 10), title, fill="black", font=font)
-    for i, (key, label) in enumerate(PANELS):
-        box = ((i % 2) * w, 40 + (i // 2) * h, (i % 2 + 1) * w, 40 + (i // 2 + 1) * h)
-        series = [(c["label"], [(p["step"], p[key]) for p in c["points"] if p.get(key) is not None]) for c in curves]
-        plot_lines(d, box, series, label, "training iterations")
-    img.save(path)
+def baseline(job, overrides, log=print):
+    """A sweep job that needs no encoder (``opt_wplus``), scored once: the line the follow-ups compare to."""
+    cfg = compose([*overrides, f"job={job}"])
+    shared = Path(cfg.sweep_dir).resolve() / "shared"
+    prep = yardsticks.ensure_shared(shared, cfg)
+    result = {"job": job, "label": cfg.job.label, **score(cfg, shared.parent / "curves" / job, None, prep, shared)}
+    show(log, job, result)
+    return result
 
 
-def plot_tradeoff(curves, path, size=(900, 620)):
-    """MSE (x) vs editability (y): each method's path over training, its points labelled by iteration."""
-    img = Image.new("RGB", size, "white")
-    d = ImageDraw.Draw(img)
-    series = [(c["label"], [(p["mse"], p["editability"]) for p in c["points"]],
-               [str(p["step"]) for p in c["points"]]) for c in curves]
-    plot_lines(d, (0, 30, size[0], size[1]), [s[:2] for s in series], "editability (higher is better)",
-               "distortion: MSE on [-1, 1] (lower is better)", tags=[s[2] for s in series])
-    font = ImageFont.load_default(size=16)
-    title = "Distortion vs editability over training (one path per encoder, labels: iterations)"
-    d.text(((size[0] - d.textlength(title, font=font)) / 2, 8), title, fill="black", font=font)
-    img.save(path)
+def record(out, kind, name, result):
+    """Add one result to ``<out>/curves.json`` under ``kind`` (curves | baselines), under a lock:
+    one process per method may share ``--out``."""
+    with yardsticks.locked(out / ".curves.lock"):
+        done = yardsticks.read_json(out / "curves.json") or {}
+        done.setdefault(kind, {})[name] = result
+        yardsticks.write_json(out / "curves.json", done)
 
 
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--methods", default=",".join(METHODS))
-    ap.add_argument("--steps", type=int, default=3000, help="training iterations of each run")
+    ap.add_argument("--steps", type=int, default=2000, help="training iterations of each run")
     ap.add_argument("--every", type=int, default=250, help="iterations between exports")
+    ap.add_argument("--follow-every", type=int, default=500,
+                    help="iterations between the follow-up job's points (IDInvert's optimisation); 0: none")
+    ap.add_argument("--baselines", default=",".join(BASELINES), help="jobs without an encoder, scored once")
     ap.add_argument("--out", default=str(HERE.parent / "results"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: as set in the environment)")
     args, overrides = ap.parse_known_args(argv)
@@ -141,16 +158,13 @@ def main(argv=None):
     t0 = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for method in args.methods.split(","):
-        result = {**curve(method, args.steps, args.every, overrides), "machine": sweep.machine()}
-        with yardsticks.locked(out / ".curves.lock"):  # one process per method may share --out
-            done = yardsticks.read_json(out / "curves.json") or {}
-            done[method] = result
-            yardsticks.write_json(out / "curves.json", done)
-    curves = [done[m] for m in METHODS if m in done] + [c for m, c in done.items() if m not in METHODS]
-    plot(curves, out / "curves.png")
-    plot_tradeoff(curves, out / "curves_tradeoff.png")
-    print(f"curves.py: {', '.join(done)} -> {out / 'curves.json'}, curves.png, curves_tradeoff.png "
+    for method in [m for m in args.methods.split(",") if m]:
+        record(out, "curves", method, {**curve(method, args.steps, args.every, overrides, args.follow_every),
+                                       "machine": sweep.machine()})
+    for job in [j for j in args.baselines.split(",") if j]:
+        record(out, "baselines", job, baseline(job, overrides))
+    done = curves_report.write(out)
+    print(f"curves.py: {', '.join(done['curves'])} -> {out}/curves.json, curves.md, curves.png, curves_tradeoff.png "
           f"({(time.time() - t0) / 60:.1f} min)")
     return done
 

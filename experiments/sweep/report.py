@@ -151,16 +151,16 @@ def ticks(lo, hi):
     return [(lo + (hi - lo) * i / 5, f"{lo + (hi - lo) * i / 5:.{places}f}") for i in range(6)]
 
 
-def plot_lines(d, box, series, ylabel, xlabel, tags=None):
+def plot_lines(d, box, series, ylabel, xlabel, tags=None, refs=()):
     """Draw on ``d`` (ImageDraw) inside ``box`` (x0, y0, x1, y1) one line with dots per series
     ``(label, [(x, y), ...])``, in COLOURS order, with a legend; ``tags``: per series, a text per
-    point (e.g. the iteration) written next to it."""
+    point (e.g. the iteration) written next to it; ``refs``: ``(label, y)`` dashed grey lines."""
     font, small = ImageFont.load_default(size=14), ImageFont.load_default(size=12)
     left, top, right, bottom = box[0] + 75, box[1] + 30, box[2] - 20, box[3] - 50
     d.text((left - 60, top - 22), ylabel, fill="black", font=font)
     d.rectangle([left, top, right, bottom], outline="black")
     xs = [x for _, pts in series for x, _ in pts]
-    ys = [y for _, pts in series for _, y in pts]
+    ys = [y for _, pts in series for _, y in pts] + [y for _, y in refs]
     if not xs:
         return
     (x0, x1), (y0, y1) = span(xs), span(ys)
@@ -174,6 +174,11 @@ def plot_lines(d, box, series, ylabel, xlabel, tags=None):
         d.text((left - 8 - d.textlength(text, font=small), py(yv) - 7), text, fill="black", font=small)
         d.line([left + 1, py(yv), right - 1, py(yv)], fill=(232, 232, 232))
     d.text(((left + right - d.textlength(xlabel, font=font)) / 2, bottom + 26), xlabel, fill="black", font=font)
+    for label, y in refs:
+        for x in range(left + 2, right - 2, 12):
+            d.line([x, py(y), min(x + 6, right - 2), py(y)], fill=(110, 110, 110), width=2)
+        d.text((left + 8, py(y) - 16), label, fill=(90, 90, 90), font=small)
+    legend_x = right - 35 - max(d.textlength(label, font=small) for label, _ in series)
     for i, (label, pts) in enumerate(series):
         c = COLOURS[i % len(COLOURS)]
         xy = [(px(x), py(y)) for x, y in pts]
@@ -183,8 +188,8 @@ def plot_lines(d, box, series, ylabel, xlabel, tags=None):
             d.ellipse([x - 3, y - 3, x + 3, y + 3], fill=c)
             if tags:
                 d.text((x + 5, y - 14), tags[i][j], fill=c, font=small)
-        d.line([right - 150, top + 12 + 16 * i, right - 130, top + 12 + 16 * i], fill=c, width=3)
-        d.text((right - 125, top + 5 + 16 * i), label, fill=c, font=small)
+        d.line([legend_x, top + 12 + 16 * i, legend_x + 20, top + 12 + 16 * i], fill=c, width=3)
+        d.text((legend_x + 25, top + 5 + 16 * i), label, fill=c, font=small)
 
 
 def plot(results, path, reference=None, size=(900, 620)):
