@@ -55,14 +55,21 @@ def callback_args(every, folder):
             f"+callbacks.export_every.every_n_steps={every}", f"+callbacks.export_every.dirpath={folder}"]
 
 
-def train(cfg, method_dir, every):
+def train(cfg, method_dir, every, stopped=False):
     """One train.py run to budget.train_steps with an export every ``every`` steps (skipped when the
-    same run already finished) -> (the snapshot paths in step order, train seconds)."""
+    same run already finished) -> (the snapshot paths in step order, train seconds). ``stopped``:
+    no training; the exports a run stopped before its end left (train seconds: from the run's
+    start to its last export)."""
     out = method_dir / "train"
     snaps = out / "snapshots"
     args = [*sweep.train_args(cfg, out), *callback_args(every, snaps)]
     record = yardsticks.read_json(out / "train.json")
     final = snaps / snapshot_name(cfg.budget.train_steps)
+    if stopped:
+        found = sorted(snaps.glob("step_*.pt"))
+        if not found:
+            raise FileNotFoundError(f"--stopped: no exports in {snaps} (start the run without --stopped)")
+        return found, found[-1].stat().st_mtime - (out / "csv" / "hparams.yaml").stat().st_mtime
     if not (record and record.get("args") == args and final.is_file()):
         out.mkdir(parents=True, exist_ok=True)
         print(f"[curves {cfg.job.name}] training to {cfg.budget.train_steps}, export every {every} ...", flush=True)
@@ -94,7 +101,7 @@ def show(log, what, p):
         f"P(real) {p['latent_d_p_real']:.3f} radius {p['w_radius_ratio']:.2f}")
 
 
-def curve(method, steps, every, overrides, follow_every=500, log=print):
+def curve(method, steps, every, overrides, follow_every=500, stopped=False, log=print):
     """Train ``method`` once and score every export -> its curve; for a method in FOLLOW, also the
     job that starts from its encoder (IDInvert's optimisation from E(x)) at every ``follow_every``
     iterations and at the last export."""
@@ -103,13 +110,14 @@ def curve(method, steps, every, overrides, follow_every=500, log=print):
     shared = sweep_dir / "shared"
     prep = yardsticks.ensure_shared(shared, cfg)
     method_dir = sweep_dir / "curves" / method
-    snapshots, seconds = train(cfg, method_dir, every)
+    snapshots, seconds = train(cfg, method_dir, every, stopped)
     points = []
     for snap in snapshots:
         points.append({"step": step_of(snap), **score(cfg, method_dir / snap.stem, snap, prep, shared)})
         show(log, f"{method} step {points[-1]['step']}", points[-1])
     result = {"method": method, "label": cfg.job.label, "train_seconds": seconds, "every": every, "steps": steps,
-              "budget": {"batch_size": cfg.budget.batch_size}, "n_images": cfg.n_images, "points": points}
+              "budget": {"batch_size": cfg.budget.batch_size}, "n_images": cfg.n_images, "points": points,
+              "stopped_at": step_of(snapshots[-1]) if stopped else None}
     if method in FOLLOW and follow_every:
         job = FOLLOW[method]
         fcfg = compose([*overrides, f"job={job}"])
@@ -149,6 +157,8 @@ def main(argv=None):
     ap.add_argument("--follow-every", type=int, default=500,
                     help="iterations between the follow-up job's points (IDInvert's optimisation); 0: none")
     ap.add_argument("--baselines", default=",".join(BASELINES), help="jobs without an encoder, scored once")
+    ap.add_argument("--stopped", action="store_true",
+                    help="no training: score the exports of a run stopped before --steps (e.g. out of time)")
     ap.add_argument("--out", default=str(HERE.parent / "results"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: as set in the environment)")
     args, overrides = ap.parse_known_args(argv)
@@ -159,8 +169,8 @@ def main(argv=None):
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     for method in [m for m in args.methods.split(",") if m]:
-        record(out, "curves", method, {**curve(method, args.steps, args.every, overrides, args.follow_every),
-                                       "machine": sweep.machine()})
+        result = curve(method, args.steps, args.every, overrides, args.follow_every, args.stopped)
+        record(out, "curves", method, {**result, "machine": sweep.machine()})
     for job in [j for j in args.baselines.split(",") if j]:
         record(out, "baselines", job, baseline(job, overrides))
     done = curves_report.write(out)

@@ -68,6 +68,10 @@ def markdown(data, notes=None):
              f"exported every {c0['every']}; each export scored as a sweep job "
              f"({c0.get('n_images', 16)} held-out faces).",
              "- Train s: " + ", ".join(f"{c['label']} {c['train_seconds']:.0f}" for c in ordered(data)) + "."]
+    for c in ordered(data):
+        if c.get("stopped_at"):
+            lines.append(f"- **{c['label']} stopped at iteration {c['stopped_at']} of {c['steps']}** (its schedules "
+                         f"are those of a {c['steps']}-iteration run).")
     for job, r in data.get("baselines", {}).items():
         lines.append(f"- Baseline `{job}` ({r['label']}, no encoder): " + ", ".join(
             f"{key} {fmt(r.get(key), spec)}" for key, _, spec in PANELS) + ".")
