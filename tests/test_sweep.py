@@ -170,6 +170,7 @@ def test_curves_last_point_equals_the_sweep_job_at_that_budget(tmp_path):
     sweep_dir, out = tmp_path / "sweep", tmp_path / "results"
     tiny = [o if o != "budget.train_steps=2" else "budget.train_steps=4" for o in TINY]
     r = subprocess.run([sys.executable, str(SWEEP / "curves.py"), "--methods", "psp", "--steps", "4", "--every", "2",
+                        "--baselines", "opt_wplus",
                         "--out", str(out), f"sweep_dir={sweep_dir}", *tiny],
                        capture_output=True, text=True, env=env(), timeout=900)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]

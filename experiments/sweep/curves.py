@@ -156,21 +156,26 @@ def main(argv=None):
     ap.add_argument("--every", type=int, default=250, help="iterations between exports")
     ap.add_argument("--follow-every", type=int, default=500,
                     help="iterations between the follow-up job's points (IDInvert's optimisation); 0: none")
-    ap.add_argument("--baselines", default=",".join(BASELINES), help="jobs without an encoder, scored once")
+    ap.add_argument("--baselines", default=None,
+                    help=f"jobs without an encoder, scored once (default {','.join(BASELINES)} with a FOLLOW method)")
     ap.add_argument("--stopped", action="store_true",
                     help="no training: score the exports of a run stopped before --steps (e.g. out of time)")
     ap.add_argument("--out", default=str(HERE.parent / "results"))
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: as set in the environment)")
     args, overrides = ap.parse_known_args(argv)
     if args.threads:
-        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = str(args.threads)  # train.py, invert.py
+        sweep.torch.set_num_threads(args.threads)  # the scores computed here
     overrides = [*overrides, "wandb=false"]
     t0 = time.time()
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    for method in [m for m in args.methods.split(",") if m]:
+    methods = [m for m in args.methods.split(",") if m]
+    for method in methods:
         result = curve(method, args.steps, args.every, overrides, args.follow_every, args.stopped)
         record(out, "curves", method, {**result, "machine": sweep.machine()})
+    if args.baselines is None:
+        args.baselines = ",".join(BASELINES) if set(methods) & set(FOLLOW) else ""
     for job in [j for j in args.baselines.split(",") if j]:
         record(out, "baselines", job, baseline(job, overrides))
     done = curves_report.write(out)
