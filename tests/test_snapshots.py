@@ -30,3 +30,23 @@ def test_every_n_steps_must_be_a_positive_int():
     for bad in (0, -1, 2.5, "3"):
         with pytest.raises(ValueError, match="every_n_steps must be an int >= 1"):
             ExportEvery(bad)
+
+
+@pytest.mark.parametrize("method", ["idinvert", "e4e"])
+def test_manual_optimisation_exports_at_iterations(compose_train, tmp_path, method):
+    """IDInvert and e4e step their D outside the step count (manual optimisation): the exports still
+    fall on iterations 2, 4 and the last (3 iterations -> 2, 3)."""
+    snaps = tmp_path / "snaps"
+    cfg = compose_train(*tiny(method, "trainer.max_steps=3",
+                              "+callbacks.export_every._target_=ganinv.methods.snapshots.ExportEvery",
+                              "+callbacks.export_every.every_n_steps=2", f"+callbacks.export_every.dirpath={snaps}"))
+    trainer = train(cfg)
+    assert trainer.global_step == 3
+    assert sorted(p.name for p in snaps.iterdir()) == [snapshot_name(2), snapshot_name(3)]
+
+
+def test_a_module_without_export_is_refused_before_training():
+    import pytorch_lightning as pl
+
+    with pytest.raises(ValueError, match="has no export"):
+        ExportEvery(2).setup(None, pl.LightningModule(), "fit")

@@ -18,13 +18,20 @@ domain-regularised optimisation (job ``opt_domain``) is scored from the IDInvert
 One run to ``--steps`` is not the same as separate runs of each length: schedules scaled to
 ``max_steps`` (e4e's progressive stages at the official 10 % / 1 % proportions, IDInvert's ×0.8 lr
 decay every quarter) follow the long run: in a 2000-iteration curve e4e adds its W+ deltas from
-iteration 200 to 380 (one every 20), where a 300-iteration sweep job adds them from 30 to 57.
+iteration 200 to 360 (one every 20), where a 300-iteration sweep job adds them from 30 to 54. An e4e
+export taken before its last stage is inverted as the official loader runs every checkpoint (all
+deltas, the later heads still at their initialisation): its 250-iteration point has 6 such heads.
 """
 import argparse
+import contextlib
+import fcntl
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
+
+from omegaconf import OmegaConf
 
 HERE = Path(__file__).resolve().parent
 if str(HERE) not in sys.path:
@@ -33,13 +40,16 @@ if str(HERE) not in sys.path:
 import curves_report  # noqa: E402
 import sweep  # noqa: E402
 import yardsticks  # noqa: E402
+from report import fmt  # noqa: E402
 
 from ganinv.methods.snapshots import snapshot_name  # noqa: E402
+from ganinv.runner import one_line_errors  # noqa: E402
 
 METHODS = ("psp", "e4e", "idinvert")
 # the sweep job that starts from a method's encoder, scored along its curve, and the job it is compared to
 FOLLOW = {"idinvert": "opt_domain"}
 BASELINES = ("opt_wplus",)
+SHOWN = (("mse", "{:.4f}"), ("editability", "{:.3f}"), ("latent_d_p_real", "{:.3f}"), ("w_radius_ratio", "{:.2f}"))
 
 
 def compose(overrides):
@@ -50,46 +60,76 @@ def compose(overrides):
         return hydra_compose(config_name="sweep", overrides=list(overrides))
 
 
+@contextlib.contextmanager
+def exclusive(path, what):
+    """A lock held for the block; a second process asking for it stops with one line."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ValueError(f"{what} is already running (lock {path})") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def callback_args(every, folder):
     return ["+callbacks.export_every._target_=ganinv.methods.snapshots.ExportEvery",
             f"+callbacks.export_every.every_n_steps={every}", f"+callbacks.export_every.dirpath={folder}"]
 
 
+def grid(snaps, steps, every):
+    """The exports of this run's grid (every ``every``-th step and the last) found in ``snaps``."""
+    wanted = {snapshot_name(k) for k in range(every, steps + 1, every)} | {snapshot_name(steps)}
+    return sorted(p for p in snaps.glob("step_*.pt") if p.name in wanted)
+
+
 def train(cfg, method_dir, every, stopped=False):
     """One train.py run to budget.train_steps with an export every ``every`` steps (skipped when the
-    same run already finished) -> (the snapshot paths in step order, train seconds). ``stopped``:
-    no training; the exports a run stopped before its end left (train seconds: from the run's
-    start to its last export)."""
+    same run already finished; a run with other arguments first clears the method's folder) ->
+    (the train record, the exports in step order). ``stopped``: no training; the exports that the
+    run with these same arguments left when it was stopped before its end."""
     out = method_dir / "train"
     snaps = out / "snapshots"
+    steps = int(cfg.budget.train_steps)
     args = [*sweep.train_args(cfg, out), *callback_args(every, snaps)]
-    record = yardsticks.read_json(out / "train.json")
-    final = snaps / snapshot_name(cfg.budget.train_steps)
-    if stopped:
-        found = sorted(snaps.glob("step_*.pt"))
-        if not found:
-            raise FileNotFoundError(f"--stopped: no exports in {snaps} (start the run without --stopped)")
-        return found, found[-1].stat().st_mtime - (out / "csv" / "hparams.yaml").stat().st_mtime
-    if not (record and record.get("args") == args and final.is_file()):
-        out.mkdir(parents=True, exist_ok=True)
-        print(f"[curves {cfg.job.name}] training to {cfg.budget.train_steps}, export every {every} ...", flush=True)
-        seconds = sweep.run_script(cfg.job.name, "train.py", args, method_dir / "train.log")
-        if not final.is_file():
-            raise FileNotFoundError(f"train.py finished without exporting {final}")
-        record = {"args": args, "seconds": seconds}
+    record = yardsticks.read_json(out / "train.json") or {}
+    done = record.get("args") == args and record.get("seconds") is not None and (snaps / snapshot_name(steps)).is_file()
+    if stopped and not done:
+        found = grid(snaps, steps, every)
+        if record.get("args") != args or not found:
+            raise FileNotFoundError(f"--stopped: no exports of a run with these arguments in {snaps} "
+                                    "(start it without --stopped)")
+        record = {**record, "seconds": found[-1].stat().st_mtime - record["started"], "stopped_at": step_of(found[-1])}
+        return record, found
+    if not done:
+        if method_dir.exists():
+            shutil.rmtree(method_dir)  # another run: its exports and their inversions would mix in
+        out.mkdir(parents=True)
+        record = {"args": args, "started": time.time(), "seconds": None}  # --stopped reads it
         yardsticks.write_json(out / "train.json", record)
-    return sorted(snaps.glob("step_*.pt")), record["seconds"]
+        print(f"[curves {cfg.job.name}] training to {steps}, export every {every} ...", flush=True)
+        seconds = sweep.run_script(cfg.job.name, "train.py", args, method_dir / "train.log")
+        if not (snaps / snapshot_name(steps)).is_file():
+            raise FileNotFoundError(f"train.py finished without exporting {snaps / snapshot_name(steps)}")
+        record = {**record, "seconds": seconds}
+        yardsticks.write_json(out / "train.json", record)
+    return {**record, "stopped_at": None}, grid(snaps, steps, every)
 
 
-def score(cfg, job_dir, encoder, prep, shared):
+def score(cfg, job_dir, encoder, prep, shared, trained=None):
     """The sweep job's scores (``sweep.py``) of ``cfg.job`` with ``encoder`` (an export, or None),
-    its inversion kept in ``job_dir``/invert."""
+    its inversion kept in ``job_dir``/invert and redone when the export or its training changed."""
     job_dir.mkdir(parents=True, exist_ok=True)
-    key = [prep["fingerprint"], str(encoder)] if encoder else [prep["fingerprint"]]
+    key = [prep["fingerprint"]]
+    if encoder:
+        key += [str(encoder), encoder.stat().st_size, encoder.stat().st_mtime_ns, trained]
     out = sweep.invert(cfg, job_dir, prep["inputs"], encoder, key)
     rows, result = sweep.image_scores(out)
     result.update(sweep.code_scores(cfg, out, rows, shared))
-    return result
+    return {**result, "n_images": len(rows)}
 
 
 def step_of(snapshot):
@@ -97,36 +137,39 @@ def step_of(snapshot):
 
 
 def show(log, what, p):
-    log(f"[curves {what}] mse {p['mse']:.4f} editability {p['editability']:.3f} "
-        f"P(real) {p['latent_d_p_real']:.3f} radius {p['w_radius_ratio']:.2f}")
+    log(f"[curves {what}] " + ", ".join(f"{key} {fmt(p.get(key), spec)}" for key, spec in SHOWN))
 
 
 def curve(method, steps, every, overrides, follow_every=500, stopped=False, log=print):
     """Train ``method`` once and score every export -> its curve; for a method in FOLLOW, also the
     job that starts from its encoder (IDInvert's optimisation from E(x)) at every ``follow_every``
     iterations and at the last export."""
-    cfg = compose([*overrides, f"job={method}", f"budget.train_steps={steps}"])
+    # setting.train_steps={}: a setting's per-method step counts (the GPU recipes) would override --steps
+    cfg = compose([*overrides, f"job={method}", f"budget.train_steps={steps}", "setting.train_steps={}"])
     sweep_dir = Path(cfg.sweep_dir).resolve()
     shared = sweep_dir / "shared"
     prep = yardsticks.ensure_shared(shared, cfg)
     method_dir = sweep_dir / "curves" / method
-    snapshots, seconds = train(cfg, method_dir, every, stopped)
-    points = []
-    for snap in snapshots:
-        points.append({"step": step_of(snap), **score(cfg, method_dir / snap.stem, snap, prep, shared)})
-        show(log, f"{method} step {points[-1]['step']}", points[-1])
-    result = {"method": method, "label": cfg.job.label, "train_seconds": seconds, "every": every, "steps": steps,
-              "budget": {"batch_size": cfg.budget.batch_size}, "n_images": cfg.n_images, "points": points,
-              "stopped_at": step_of(snapshots[-1]) if stopped else None}
-    if method in FOLLOW and follow_every:
-        job = FOLLOW[method]
-        fcfg = compose([*overrides, f"job={job}"])
-        chosen = [s for s in snapshots if step_of(s) % follow_every == 0 or s == snapshots[-1]]
-        follow = []
-        for snap in chosen:
-            follow.append({"step": step_of(snap), **score(fcfg, method_dir / f"{job}_{snap.stem}", snap, prep, shared)})
-            show(log, f"{job} from the step-{follow[-1]['step']} encoder", follow[-1])
-        result["follow"] = {"job": job, "label": fcfg.job.label, "points": follow}
+    with exclusive(sweep_dir / "curves" / f".{method}.lock", f"a curves.py run of {method} in {sweep_dir}"):
+        trained, snapshots = train(cfg, method_dir, every, stopped)
+        points = []
+        for snap in snapshots:
+            points.append({"step": step_of(snap), **score(cfg, method_dir / snap.stem, snap, prep, shared, trained)})
+            show(log, f"{method} step {points[-1]['step']}", points[-1])
+        result = {"method": method, "label": cfg.job.label, "setting": cfg.setting.name, "sweep_dir": str(sweep_dir),
+                  "train_seconds": trained["seconds"], "every": every, "steps": steps,
+                  "budget": OmegaConf.to_container(cfg.budget, resolve=True), "points": points,
+                  "stopped_at": trained["stopped_at"]}
+        if method in FOLLOW and follow_every:
+            job = FOLLOW[method]
+            fcfg = compose([*overrides, f"job={job}"])
+            chosen = [s for s in snapshots if step_of(s) % follow_every == 0 or s == snapshots[-1]]
+            follow = []
+            for snap in chosen:
+                where = method_dir / f"{job}_{snap.stem}"
+                follow.append({"step": step_of(snap), **score(fcfg, where, snap, prep, shared, trained)})
+                show(log, f"{job} from the step-{follow[-1]['step']} encoder", follow[-1])
+            result["follow"] = {"job": job, "label": fcfg.job.label, "points": follow}
     return result
 
 
@@ -178,11 +221,13 @@ def main(argv=None):
         args.baselines = ",".join(BASELINES) if set(methods) & set(FOLLOW) else ""
     for job in [j for j in args.baselines.split(",") if j]:
         record(out, "baselines", job, baseline(job, overrides))
-    done = curves_report.write(out)
+    with yardsticks.locked(out / ".curves.lock"):
+        done = curves_report.write(out)
     print(f"curves.py: {', '.join(done['curves'])} -> {out}/curves.json, curves.md, curves.png, curves_tradeoff.png "
           f"({(time.time() - t0) / 60:.1f} min)")
     return done
 
 
 if __name__ == "__main__":
-    main()
+    with one_line_errors("curves.py"):
+        main()

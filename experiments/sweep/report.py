@@ -26,6 +26,9 @@ if str(HERE) not in sys.path:
 from sweep import JOBS  # noqa: E402
 from yardsticks import write_json  # noqa: E402
 
+from ganinv.checkpoints.safe import atomic_write  # noqa: E402
+from ganinv.runner import write_text_atomic  # noqa: E402
+
 NOTES = "## Notes"
 # (claim, paper, metric, a, b, sign): the claim holds when sign·(metric[a] − metric[b]) < 0
 CLAIMS = [
@@ -233,7 +236,7 @@ def plot(results, path, reference=None, size=(900, 620)):
         d.ellipse([px(x) - 6, py(y) - 6, px(x) + 6, py(y) + 6], fill=c, outline="black")
         tx = px(x) + 10 if px(x) < right - 180 else px(x) - 10 - d.textlength(label, font=small)
         d.text((tx, py(y) - 8), label, fill=c, font=small)
-    img.save(path)
+    atomic_write(path, lambda f: img.save(f, format="PNG"))
 
 
 def log_wandb(results, out, sweep_dir):
@@ -265,7 +268,7 @@ def main(argv=None):
     notes = None
     if old.is_file() and NOTES in old.read_text():
         notes = NOTES + old.read_text().split(NOTES, 1)[1].rstrip()
-    (out / "sweep.md").write_text(markdown(results, args.sweep_dir, notes, reference))
+    write_text_atomic(out / "sweep.md", markdown(results, args.sweep_dir, notes, reference))
     plot(results, out / "tradeoff.png", (reference or {}).get("editability"))
     write_json(out / "sweep.json", {"jobs": results, "reference_sampled_w": reference})
     if not args.no_wandb:

@@ -38,12 +38,14 @@ class ExportEvery(pl.Callback):
         step = trainer.global_step
         if step == self.last or not trainer.is_global_zero:
             return
-        if not hasattr(pl_module, "export"):
-            raise TypeError(f"ExportEvery: {type(pl_module).__name__} has no export()")
         path = self.folder(trainer) / snapshot_name(step)
         path.parent.mkdir(parents=True, exist_ok=True)
         pl_module.export(path)
         self.last = step
+
+    def setup(self, trainer, pl_module, stage):
+        if not callable(getattr(pl_module, "export", None)):
+            raise ValueError(f"callbacks.export_every: {type(pl_module).__name__} has no export() to call")
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
         if trainer.global_step > 0 and trainer.global_step % self.every_n_steps == 0:
