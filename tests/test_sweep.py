@@ -192,3 +192,18 @@ def test_curves_last_point_equals_the_sweep_job_at_that_budget(tmp_path):
     assert "W+ optimisation is more faithful than every encoder" not in text  # needs e4e and IDInvert too
     assert Image.open(out / "curves.png").size == (1200, 820)
     assert Image.open(out / "curves_tradeoff.png").size == (900, 620)
+
+
+def test_embedded_long_is_the_embedded_setting_at_the_curves_budget():
+    """setting=embedded_long inherits everything from embedded but the name (its own sweep folder)
+    and the encoder budget (1500 iterations, experiments/results/curves.md)."""
+    sys.path.insert(0, str(SWEEP))
+    import curves
+
+    short, long = curves.compose([]), curves.compose(["setting=embedded_long"])
+    assert (short.budget.train_steps, long.budget.train_steps) == (300, 1500)
+    assert long.sweep_dir == "outputs/sweep/embedded_long" and long.setting.name == "embedded_long"
+    for key in ("generator", "method_args", "train_args", "invert_args", "job_invert_args"):
+        assert long.setting[key] == short.setting[key], key
+    assert {k: v for k, v in long.budget.items() if k != "train_steps"} == \
+           {k: v for k, v in short.budget.items() if k != "train_steps"}
