@@ -154,6 +154,23 @@ def ticks(lo, hi):
     return [(lo + (hi - lo) * i / 5, f"{lo + (hi - lo) * i / 5:.{places}f}") for i in range(6)]
 
 
+def draw_axes(d, frame, xlim, ylim, font):
+    """Ticks and grid lines of the plot area ``frame`` (left, top, right, bottom) for the data ranges
+    ``xlim``, ``ylim`` -> (px, py): data x / y to pixels."""
+    left, top, right, bottom = frame
+    (x0, x1), (y0, y1) = xlim, ylim
+    px = lambda x: left + (x - x0) / (x1 - x0) * (right - left)  # noqa: E731
+    py = lambda y: bottom - (y - y0) / (y1 - y0) * (bottom - top)  # noqa: E731
+    for xv, text in ticks(x0, x1):
+        d.line([px(xv), bottom, px(xv), bottom + 5], fill="black")
+        d.text((px(xv) - d.textlength(text, font=font) / 2, bottom + 8), text, fill="black", font=font)
+    for yv, text in ticks(y0, y1):
+        d.line([left - 5, py(yv), left, py(yv)], fill="black")
+        d.text((left - 8 - d.textlength(text, font=font), py(yv) - 7), text, fill="black", font=font)
+        d.line([left + 1, py(yv), right - 1, py(yv)], fill=(232, 232, 232))
+    return px, py
+
+
 def plot_lines(d, box, series, ylabel, xlabel, tags=None, refs=()):
     """Draw on ``d`` (ImageDraw) inside ``box`` (x0, y0, x1, y1) one line with dots per series
     ``(label, [(x, y), ...])``, in COLOURS order, with a legend; ``tags``: per series, a text per
@@ -167,15 +184,7 @@ def plot_lines(d, box, series, ylabel, xlabel, tags=None, refs=()):
     if not xs:
         return
     (x0, x1), (y0, y1) = span(xs), span(ys)
-    px = lambda x: left + (x - x0) / (x1 - x0) * (right - left)  # noqa: E731
-    py = lambda y: bottom - (y - y0) / (y1 - y0) * (bottom - top)  # noqa: E731
-    for xv, text in ticks(x0, x1):
-        d.line([px(xv), bottom, px(xv), bottom + 5], fill="black")
-        d.text((px(xv) - d.textlength(text, font=small) / 2, bottom + 8), text, fill="black", font=small)
-    for yv, text in ticks(y0, y1):
-        d.line([left - 5, py(yv), left, py(yv)], fill="black")
-        d.text((left - 8 - d.textlength(text, font=small), py(yv) - 7), text, fill="black", font=small)
-        d.line([left + 1, py(yv), right - 1, py(yv)], fill=(232, 232, 232))
+    px, py = draw_axes(d, (left, top, right, bottom), (x0, x1), (y0, y1), small)
     d.text(((left + right - d.textlength(xlabel, font=font)) / 2, bottom + 26), xlabel, fill="black", font=font)
     for label, y in refs:
         for x in range(left + 2, right - 2, 12):
@@ -216,15 +225,7 @@ def plot(results, path, reference=None, size=(900, 620)):
 
     (x0, x1), (y0, y1) = span(xs), span(ys + ([reference] if reference is not None else []))
     x0 = max(x0, 0.0)  # MSE
-    px = lambda x: left + (x - x0) / (x1 - x0) * (right - left)  # noqa: E731
-    py = lambda y: bottom - (y - y0) / (y1 - y0) * (bottom - top)  # noqa: E731
-    for xv, text in ticks(x0, x1):
-        d.line([px(xv), bottom, px(xv), bottom + 5], fill="black")
-        d.text((px(xv) - d.textlength(text, font=small) / 2, bottom + 8), text, fill="black", font=small)
-    for yv, text in ticks(y0, y1):
-        d.line([left - 5, py(yv), left, py(yv)], fill="black")
-        d.text((left - 8 - d.textlength(text, font=small), py(yv) - 7), text, fill="black", font=small)
-        d.line([left + 1, py(yv), right - 1, py(yv)], fill=(232, 232, 232))
+    px, py = draw_axes(d, (left, top, right, bottom), (x0, x1), (y0, y1), small)
     xlabel = "distortion: MSE on [-1, 1] (lower is better)"
     d.text(((left + right - d.textlength(xlabel, font=font)) / 2, bottom + 35), xlabel, fill="black", font=font)
     if reference is not None:
