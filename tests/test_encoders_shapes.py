@@ -161,10 +161,51 @@ def test_idinvert_encoder_layout_matches_official():
     assert "block3.conv.weight" not in sd  # 64 -> 64: identity shortcut
     assert sd["block5.fc.weight"].shape == (10 * 512, 64 * 4 * 4)
     assert sd["block5.bn.bn.running_mean"].shape == (10 * 512,)
-    # TF-style BN: scale frozen at 1, shift learnable.
-    assert not enc.block0.bn.bn.weight.requires_grad and enc.block0.bn.bn.bias.requires_grad
+    # BN as the official TF training: scale and shift learnable.
+    assert enc.block0.bn.bn.weight.requires_grad and enc.block0.bn.bn.bias.requires_grad
     no_bn = IDInvertEncoder(64, encoder_channels_base=16, encoder_channels_max=64, use_bn=False)
     assert not any(".bn" in k for k in no_bn.state_dict())
+
+
+def test_idinvert_encoder_starts_as_the_official_tf_training():
+    """genforce/idinvert training/networks_encoder.py: weights N(0, 0.02) (no wscale), biases 0."""
+    torch.manual_seed(0)
+    enc = IDInvertEncoder(64, encoder_channels_base=16, encoder_channels_max=64)
+    fc = enc.block5.fc.weight
+    assert fc.std().item() == pytest.approx(0.02, rel=0.01) and abs(fc.mean().item()) < 2e-4
+    for name, w in enc.named_parameters():
+        if name.endswith("conv.weight") or name.endswith("conv1.weight") or name.endswith("conv2.weight"):
+            assert w.std().item() == pytest.approx(0.02, rel=0.15), name
+        elif name.endswith("wscale1.bias") or name.endswith("bn.bias"):
+            assert not w.any(), name
+        elif name.endswith("bn.weight"):
+            assert torch.equal(w, torch.ones_like(w)), name
+
+
+def test_idinvert_encoder_codes_spread_is_the_last_bn_scale():
+    """In training, the last BN sets each W+ coordinate's batch spread: with its scale frozen at 1
+    (the inference port's gamma=False) no update of its shift changes the spread; with the scale
+    learnable (the official TF training) 40 Adam steps on the spread halve it."""
+    x = _images(8, 3, 32, 32)
+
+    def spread_after(train_scale):
+        torch.manual_seed(0)
+        enc = _tiny_idinvert(32)
+        last = enc.block4.bn.bn
+        last.weight.requires_grad_(train_scale)
+        opt = torch.optim.Adam([p for p in last.parameters() if p.requires_grad], lr=1e-2)
+        start = enc(x).var(0).mean().item()
+        for _ in range(40):
+            loss = enc(x).var(0).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return start, enc(x).var(0).mean().item()
+
+    start, frozen = spread_after(False)
+    assert frozen == pytest.approx(start, rel=1e-4)
+    start, learned = spread_after(True)
+    assert learned < 0.5 * start
 
 
 def test_idinvert_encoder_trains_and_rejects_other_shapes():
@@ -172,7 +213,7 @@ def test_idinvert_encoder_trains_and_rejects_other_shapes():
     codes = enc(_images(2, 3, 64, 64))
     codes.square().mean().backward()
     assert enc.block0.conv.weight.grad.abs().sum() > 0
-    assert enc.block0.bn.bn.weight.grad is None
+    assert enc.block0.bn.bn.weight.grad.abs().sum() > 0
     with pytest.raises(ValueError, match=r"\[B, 3, 64, 64\]"):
         enc(_images(2, 3, 48, 64))
     with pytest.raises(ValueError, match="power of two"):

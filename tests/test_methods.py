@@ -80,19 +80,47 @@ def test_e4e_progressive_schedule_delta_heads_and_latent_d(compose_train, monkey
 
 
 def test_idinvert_updates_d_not_g(compose_train):
-    cfg = compose_train(*tiny("idinvert", "trainer.max_steps=3"))
+    cfg = compose_train(*tiny("idinvert", "trainer.max_steps=6", "method.module.decay_every=4"))
     model = instantiate(cfg.method.module)
     g0 = {k: v.clone() for k, v in model.generator.state_dict().items()}
     d0 = {k: v.clone() for k, v in model.discriminator.state_dict().items()}
-    trainer = pl.Trainer(max_steps=3, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+    trainer = pl.Trainer(max_steps=6, logger=False, enable_checkpointing=False, enable_progress_bar=False,
                          limit_val_batches=0)
     trainer.fit(model, datamodule=instantiate(cfg.data))
     assert all(torch.equal(v, model.generator.state_dict()[k]) for k, v in g0.items())
     moved = [k for k, v in d0.items() if not torch.equal(v, model.discriminator.state_dict()[k])]
     assert len(moved) == len([k for k in d0 if "kernel" not in k])  # every D weight moved
-    # decay x0.8 every max(1, max_steps // 4) = 1 iteration, for E and D
+    # continuous decay (TF exponential_decay, staircase=False): 0.8^(6/4), not the staircase 0.8
     lrs = [c.scheduler.get_last_lr()[0] for c in trainer.lr_scheduler_configs]
-    assert lrs == [pytest.approx(1e-4 * 0.8**3)] * 2
+    assert lrs == [pytest.approx(1e-4 * 0.8**1.5)] * 2
+
+
+def test_idinvert_e_step_then_d_step_on_the_updated_encoder(compose_train, monkeypatch):
+    """The official loop runs E_train_op, then D_train_op with E(x) recomputed: E's loss sees the
+    D of before the iteration, D's loss sees the fake of the just-updated E."""
+    import ganinv.methods.idinvert as idinvert_module
+
+    cfg = compose_train(*tiny("idinvert", "trainer.max_steps=1"))
+    model = instantiate(cfg.method.module)
+    d_weight, e_weight = model.discriminator.convs[0][0].weight, model.encoder.block0.conv.weight
+    d_before, e_before = d_weight.detach().clone(), e_weight.detach().clone()
+    seen = {}
+
+    def spy(name, fn, param):
+        def wrapped(*args):
+            seen[name] = param.detach().clone()
+            return fn(*args)
+        return wrapped
+
+    monkeypatch.setattr(idinvert_module, "g_nonsaturating_loss",
+                        spy("d_at_e_step", idinvert_module.g_nonsaturating_loss, d_weight))
+    monkeypatch.setattr(idinvert_module, "d_logistic_loss",
+                        spy("e_at_d_step", idinvert_module.d_logistic_loss, e_weight))
+    trainer = pl.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                         limit_val_batches=0)
+    trainer.fit(model, datamodule=instantiate(cfg.data))
+    assert torch.equal(seen["d_at_e_step"], d_before) and not torch.equal(d_weight, d_before)
+    assert torch.equal(seen["e_at_d_step"], e_weight.detach()) and not torch.equal(e_weight, e_before)
 
 
 def test_e4e_resume_matches_uninterrupted(compose_train, tmp_path):

@@ -207,3 +207,63 @@ def test_embedded_long_is_the_embedded_setting_at_the_curves_budget():
         assert long.setting[key] == short.setting[key], key
     assert {k: v for k, v in long.budget.items() if k != "train_steps"} == \
            {k: v for k, v in short.budget.items() if k != "train_steps"}
+
+
+def test_idinvert_bn_reads_the_last_bn_and_sums_the_continuous_lr(tmp_path):
+    """idinvert_bn.py: γ, β of the encoder's last BN (not an earlier one) against W's μ, σ, and Σ lr
+    of the continuous decay (a geometric series: lr·(1 − q^t)/(1 − q), q = decay^(1/every))."""
+    import idinvert_bn
+    from omegaconf import OmegaConf
+
+    from ganinv.nets.idinvert_encoder import IDInvertEncoder
+
+    run = tmp_path / "curves" / "idinvert" / "train"
+    (run / "snapshots").mkdir(parents=True)
+    (run / ".hydra").mkdir()
+    (tmp_path / "shared").mkdir()
+    OmegaConf.save({"trainer": {"max_steps": 40}, "method": {"module": {"lr": 3e-4, "lr_decay": 0.8,
+                                                                         "decay_every": None}}},
+                   run / ".hydra" / "config.yaml")
+    enc = IDInvertEncoder(32, w_space_dim=4, encoder_channels_base=8, encoder_channels_max=16)  # 8 x 4 codes
+    with torch.no_grad():
+        enc.block4.bn.bn.weight.fill_(0.5)
+        enc.block4.bn.bn.bias.copy_(torch.arange(32.0) % 4)  # beta = [0, 1, 2, 3] in every W+ row
+        enc.block0.bn.bn.weight.fill_(9.0)  # an earlier BN: ignored
+    torch.save({"state_dict": {f"encoder.{k}": v for k, v in enc.state_dict().items()}},
+               run / "snapshots" / "step_0000020.pt")
+    w = torch.tensor([[0.0, 1.0, 2.0, 5.0], [2.0, 1.0, 2.0, 5.0]])  # mu = [1, 1, 2, 5], sigma = [1.41, 0, 0, 0]
+    torch.save(w, tmp_path / "shared" / "w_ref.pt")
+    (point,) = idinvert_bn.rows(tmp_path)
+    q = 0.8 ** (1 / 10)  # decay_every = 40 // 4
+    assert point["step"] == 20 and point["gamma_mean"] == pytest.approx(0.5)
+    assert point["sigma_w_mean"] == pytest.approx(2**0.5 / 4)
+    assert point["beta_minus_mu_rms"] == pytest.approx(((1 + 0 + 0 + 4) / 4) ** 0.5)
+    assert point["mu_rms"] == pytest.approx(((1 + 1 + 4 + 25) / 4) ** 0.5)
+    assert point["beta_moved_rms"] == pytest.approx(((0 + 1 + 4 + 9) / 4) ** 0.5)
+    assert point["lr_sum"] == pytest.approx(3e-4 * (1 - q**20) / (1 - q))
+    assert point["lr_sum_schedule"] == pytest.approx(3e-4 * (1 - q**40) / (1 - q))
+    idinvert_bn.main(["--sweep-dir", str(tmp_path), "--out", str(tmp_path / "out")])
+    assert json.loads((tmp_path / "out" / "idinvert_bn.json").read_text())["points"] == [point]
+    assert "| 20 | 0.5000 |" in (tmp_path / "out" / "idinvert_bn.md").read_text()
+
+
+def test_curves_report_compares_idinvert_past_psp_with_psps_last_point():
+    """IDInvert's MSE ÷ pSp's at each budget; where pSp's curve has ended, ÷ its last point (named)."""
+    import curves_report
+
+    machine = {"processor": "x86_64", "cpus": 2, "torch_threads": 1, "torch": "2"}
+
+    def curve(method, label, mses):
+        points = [{"step": 250 * (i + 1), "mse": m, "editability": 0.1, "latent_d_p_real": 0.1,
+                   "w_radius_ratio": 1.0, "n_images": 4} for i, m in enumerate(mses)]
+        return {"method": method, "label": label, "points": points, "machine": machine, "steps": 250 * len(mses),
+                "every": 250, "budget": {"batch_size": 8}, "train_seconds": 1.0}
+
+    data = {"curves": {"psp": curve("psp", "pSp", [0.02, 0.01]),
+                       "idinvert": curve("idinvert", "IDInvert encoder", [0.2, 0.014, 0.012])}}
+    md = curves_report.markdown(data)
+    rows = md.split("## The papers' orderings at each budget")[1].splitlines()
+    assert any(r.startswith("| 250 |") and r.endswith("| 10.00 (**no**) |") for r in rows)
+    assert any(r.startswith("| 500 |") and r.endswith("| 1.40 |") for r in rows)
+    assert any(r.startswith("| 750 |") and r.endswith("| 1.20 vs pSp at 500 |") for r in rows)
+    assert "IDInvert encoder ran with another steps (750 vs 500)" in md

@@ -16,8 +16,8 @@ domain-regularised optimisation (job ``opt_domain``) is scored from the IDInvert
 ``--follow-every`` iterations, and plain W+ optimisation (``opt_wplus``) once, for its two claims.
 
 One run to ``--steps`` is not the same as separate runs of each length: schedules scaled to
-``max_steps`` (e4e's progressive stages at the official 10 % / 1 % proportions, IDInvert's ×0.8 lr
-decay every quarter) follow the long run: in a 2000-iteration curve e4e adds its W+ deltas from
+``max_steps`` (e4e's progressive stages at the official 10 % / 1 % proportions, IDInvert's continuous
+×0.8 lr decay per quarter) follow the long run: in a 2000-iteration curve e4e adds its W+ deltas from
 iteration 200 to 360 (one every 20), where a 300-iteration sweep job adds them from 30 to 54. An e4e
 export taken before its last stage is inverted as the official loader runs every checkpoint (all
 deltas, the later heads still at their initialisation): its 250-iteration point has 6 such heads.

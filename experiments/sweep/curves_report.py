@@ -5,7 +5,8 @@ curves_tradeoff.png in the same folder.
 
 ``curves.md``: one table per yardstick (rows: iterations, columns: methods), the papers' orderings
 (``report.CLAIMS`` among the curves' jobs, plus IDInvert's encoder MSE ÷ pSp's against the 1.5×
-of issue 21) at each budget, and a hand-written ``## Notes`` section kept when it is regenerated.
+of issue 21; past pSp's last point, ÷ that point's) at each budget, and a hand-written ``## Notes``
+section kept when it is regenerated.
 """
 import math
 import sys
@@ -95,11 +96,16 @@ def markdown(data, notes=None):
     head = ["iterations", *(c[0] for c in claims), f"IDInvert encoder MSE ÷ pSp's (≤ {RATIO})"]
     lines += ["", "## The papers' orderings at each budget", "", "| " + " | ".join(head) + " |",
               "|" + "---|" * len(head)]
+    psp_at = {}  # step -> (pSp's step, its point): pSp's last point at or before each step
+    for step, by_job in steps.items():
+        psp_at[step] = (step, by_job["psp"]) if "psp" in by_job else psp_at.get(max(psp_at, default=None))
     for step, by_job in steps.items():
         cells = [str(step), *(check(c, by_job)[1] for c in claims)]
-        if "idinvert" in by_job and "psp" in by_job:
-            ratio = by_job["idinvert"]["mse"] / by_job["psp"]["mse"]
-            cells.append(f"{ratio:.2f}" + ("" if ratio <= RATIO else " (**no**)"))
+        if "idinvert" in by_job and psp_at.get(step):
+            at, psp = psp_at[step]
+            ratio = by_job["idinvert"]["mse"] / psp["mse"]
+            cells.append(f"{ratio:.2f}" + ("" if ratio <= RATIO else " (**no**)")
+                         + ("" if at == step else f" vs pSp at {at}"))
         else:
             cells.append("n/a")
         lines.append("| " + " | ".join(cells) + " |")

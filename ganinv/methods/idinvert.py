@@ -1,10 +1,13 @@
 """IDInvert (Zhu et al. 2020): a domain-guided encoder trained against the generator's own D.
 
-Per iteration (genforce/idinvert_pytorch ``training``), G frozen with constant noise:
-  1. D step: softplus(D(G(E(x)))) + softplus(−D(x)) + (γ/2)·E‖∇D(x)‖² (R1 every step).
-  2. E step: ‖x − G(E(x))‖² + 5e-5·‖F(x) − F(G(E(x)))‖² + 0.08·softplus(−D(G(E(x)))),
-     F = VGG16 conv4_3. Adam(0.9, 0.99, 1e-8), lr 1e-4 for both, ×``lr_decay`` every
-     ``decay_every`` iterations (default: a quarter of max_steps).
+Per iteration, as genforce/idinvert ``training/training_loop_encoder.py`` (TF), G frozen with
+constant noise:
+  1. E step: ‖x − G(E(x))‖² + 5e-5·‖F(x) − F(G(E(x)))‖² + 0.08·softplus(−D(G(E(x)))),
+     F = VGG16 conv4_3.
+  2. D step, on G(E(x)) from the just-updated E: softplus(D(fake)) + softplus(−D(x))
+     + (γ/2)·E‖∇D(x)‖² (R1 every step).
+Adam(0.9, 0.99, 1e-8), lr 1e-4 for both, decayed continuously: lr·``lr_decay``^(it / ``decay_every``)
+(TF ``exponential_decay(staircase=False)``, ``decay_step = max_iters / 4``).
 The encoder predicts W+ directly (no latent_avg) so the code stays in G's domain; the paired
 domain-regularised optimisation lives in ``ganinv.methods.optimization``.
 """
@@ -37,8 +40,8 @@ class IDInvert(EncoderMethod):
         feature_lambda=5e-5,            # ‖F(x) − F(G(E(x)))‖², F = VGG16 conv4_3 (official 5e-5); > 0 needs vgg
         adv_lambda=0.08,                # softplus(−D(G(E(x)))) (official 0.08)
         r1_gamma=10.0,                  # γ of D's R1 penalty (γ/2)·E‖∇D(x)‖² on reals, every D step (official 10)
-        # Learning-rate decay (official: ×0.8 every quarter of training).
-        lr_decay=0.8,                   # factor on both lrs every decay_every iterations
+        # Learning-rate decay (official: ×0.8 per quarter of training, continuous).
+        lr_decay=0.8,                   # factor on both lrs per decay_every iterations, applied continuously
         decay_every=None,               # iterations between decays; None: a quarter of trainer.max_steps
         # Bookkeeping.
         image_every=250,                # train input / reconstruction / target grid every this many steps; 0 never
@@ -63,7 +66,23 @@ class IDInvert(EncoderMethod):
         x, y = batch["x"], batch["y"]
         size = y.shape[-2:]
 
-        # 1. discriminator (the generator's own D, fine-tuned)
+        # 1. encoder, against the current D
+        self.discriminator.requires_grad_(False)
+        codes = self.encode(x)
+        y_hat = self.decode(codes, size=size)
+        mse = F.mse_loss(y_hat, y)
+        adv = g_nonsaturating_loss(self.discriminator(y_hat))
+        loss = hp.mse_lambda * mse + hp.adv_lambda * adv
+        logs = {"loss_mse": mse.detach(), "loss_adv": adv.detach()}
+        if self.vgg is not None:
+            feat = vgg_feature_loss(self.vgg, y_hat, y)
+            loss = loss + hp.feature_lambda * feat
+            logs["loss_feat"] = feat.detach()
+        opt_e.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        opt_e.step()  # the one counted step per iteration
+
+        # 2. discriminator (the generator's own D, fine-tuned), on the updated encoder's output
         self.discriminator.requires_grad_(True)
         with torch.no_grad():
             fake = self.decode(self.encode(x), size=size)
@@ -75,25 +94,9 @@ class IDInvert(EncoderMethod):
         opt_d.zero_grad(set_to_none=True)
         self.manual_backward(d_loss + r1)
         step_uncounted(opt_d)
-
-        # 2. encoder
-        self.discriminator.requires_grad_(False)
-        codes = self.encode(x)
-        y_hat = self.decode(codes, size=size)
-        mse = F.mse_loss(y_hat, y)
-        adv = g_nonsaturating_loss(self.discriminator(y_hat))
-        loss = hp.mse_lambda * mse + hp.adv_lambda * adv
-        logs = {"loss_mse": mse.detach(), "loss_adv": adv.detach(), "d_loss": d_loss.detach(),
-                "d_r1": r1.detach()}
-        if self.vgg is not None:
-            feat = vgg_feature_loss(self.vgg, y_hat, y)
-            loss = loss + hp.feature_lambda * feat
-            logs["loss_feat"] = feat.detach()
-        opt_e.zero_grad(set_to_none=True)
-        self.manual_backward(loss)
-        opt_e.step()  # the one counted step per iteration
         for sch in self.lr_schedulers():
             sch.step()
+        logs.update(d_loss=d_loss.detach(), d_r1=r1.detach())
         self.log("train/loss", loss.detach(), prog_bar=True)
         self.log_train(logs, x, y, y_hat)
 
@@ -102,6 +105,6 @@ class IDInvert(EncoderMethod):
         every = hp.decay_every or max(1, (self.trainer.max_steps if self.trainer else 4) // 4)
         opt_e = torch.optim.Adam(self.encoder.parameters(), lr=hp.lr, betas=(0.9, 0.99), eps=1e-8)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=(0.9, 0.99), eps=1e-8)
-        decay = lambda it: hp.lr_decay ** (it // every)  # noqa: E731
+        decay = lambda it: hp.lr_decay ** (it / every)  # noqa: E731  (continuous, TF staircase=False)
         scheds = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (opt_e, opt_d)]
         return [opt_e, opt_d], [{"scheduler": s, "interval": "step"} for s in scheds]

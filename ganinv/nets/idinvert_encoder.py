@@ -3,6 +3,14 @@
 
 Module names follow the official (``block{i}.conv``, ``.bn.bn``, ``.conv1``, ``.wscale1``, ``.fc``),
 so its encoder state dicts load with ``strict=True``.
+
+Training follows the official TF training code (genforce/idinvert ``training/networks_encoder.py``),
+not the inference-only port, in two places (deliberate, both invisible to a loaded checkpoint):
+- every BN scale (gamma) is learnable, as TF ``sync_batch_norm(scale=True)``; the port freezes it
+  (``gamma=False``), harmless for inference but, in training, the last BN then pins every W+
+  coordinate's batch variance at 1 and the codes cannot shrink into W (measured: code radius
+  3.5-3.8x W's at every point of a 1500-iteration run, experiments/results/curves.md);
+- with BN, conv and fc weights start N(0, 0.02) (TF ``get_weight`` without wscale), biases 0, BN (1, 0).
 """
 import math
 
@@ -12,12 +20,11 @@ from torch import nn
 
 
 class BatchNormLayer(nn.Module):
-    """BatchNorm2d with the scale frozen at 1 (TF ``gamma=False``), learnable shift, decay 0.9."""
+    """BatchNorm2d, learnable scale and shift (TF training ``scale=True, center=True``), decay 0.9."""
 
     def __init__(self, channels):
         super().__init__()
         self.bn = nn.BatchNorm2d(channels, momentum=0.1, eps=1e-5)
-        self.bn.weight.requires_grad_(False)
 
     def forward(self, x):
         return self.bn(x)
@@ -134,6 +141,20 @@ class IDInvertEncoder(nn.Module):
                 block = ResBlock(in_ch, out_ch, use_wscale, use_bn)
             self.add_module(f"block{i}", block)
             in_ch, out_ch = out_ch, min(out_ch * 2, encoder_channels_max)
+        if use_bn:
+            self.reset_parameters()
+
+    def reset_parameters(self):
+        """The official TF training initialisation: conv / fc weights N(0, 0.02), biases 0, BN (1, 0).
+        Applied when ``use_bn`` (the official trains only with BN; without it PyTorch's default init
+        is kept, as N(0, 0.02) would shrink the activations layer after layer)."""
+        for module in self.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                nn.init.normal_(module.weight, std=0.02)
+            elif isinstance(module, WScaleLayer):
+                nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.BatchNorm2d):
+                module.reset_parameters()
 
     def forward(self, x):
         expected = (self.image_channels, self.resolution, self.resolution)
