@@ -170,4 +170,10 @@ def test_speed_switches_train(compose_train, switch):
             nchw = Path(cfg.paths.output_dir) / f"nchw_{method}"
             assert train(compose_config("train", tiny(method, "trainer.max_steps=2"), nchw)).global_step == 2
             expected = _train_curve(nchw, "train/loss")
-            torch.testing.assert_close(torch.tensor(curve), torch.tensor(expected), rtol=1e-4, atol=1e-5)
+            # IDInvert's encoder has a bias before each training-mode BN (the official layout), whose true
+            # gradient is 0: its float32 rounding (~1e-8, its sign layout-dependent) exceeds Adam's eps, so
+            # the first update moves those biases by ±lr (cancelled by the BN) and the second loss
+            # differs at ~2e-4 relative; the first loss, before any update, is compared as tightly
+            rtol = 1e-3 if method == "idinvert" else 1e-4
+            torch.testing.assert_close(torch.tensor(curve[:1]), torch.tensor(expected[:1]), rtol=1e-4, atol=1e-5)
+            torch.testing.assert_close(torch.tensor(curve), torch.tensor(expected), rtol=rtol, atol=1e-5)
