@@ -96,13 +96,13 @@ def markdown(data, notes=None):
     head = ["iterations", *(c[0] for c in claims), f"IDInvert encoder MSE ÷ pSp's (≤ {RATIO})"]
     lines += ["", "## The papers' orderings at each budget", "", "| " + " | ".join(head) + " |",
               "|" + "---|" * len(head)]
-    psp_at = {}  # step -> (pSp's step, its point): pSp's last point at or before each step
-    for step, by_job in steps.items():
-        psp_at[step] = (step, by_job["psp"]) if "psp" in by_job else psp_at.get(max(psp_at, default=None))
+    last_psp = None  # (step, point): pSp's last point at or before this step
     for step, by_job in steps.items():
         cells = [str(step), *(check(c, by_job)[1] for c in claims)]
-        if "idinvert" in by_job and psp_at.get(step):
-            at, psp = psp_at[step]
+        if "psp" in by_job:
+            last_psp = (step, by_job["psp"])
+        if "idinvert" in by_job and last_psp:
+            at, psp = last_psp
             ratio = by_job["idinvert"]["mse"] / psp["mse"]
             cells.append(f"{ratio:.2f}" + ("" if ratio <= RATIO else " (**no**)")
                          + ("" if at == step else f" vs pSp at {at}"))

@@ -19,24 +19,26 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-HERE = Path(__file__).resolve().parent
+from ganinv.checkpoints.safe import load_torch
+from ganinv.methods.idinvert import decay_interval, lr_factor
+from ganinv.runner import one_line_errors, write_text_atomic
 
-from ganinv.checkpoints.safe import load_torch  # noqa: E402
-from ganinv.runner import one_line_errors, write_text_atomic  # noqa: E402
+HERE = Path(__file__).resolve().parent
 
 
 def lr_sum(lr, decay, every, steps):
-    """Σ_{t < steps} lr·decay^(t / every): IDInvert's continuous decay (ganinv.methods.idinvert)."""
-    return sum(lr * decay ** (t / every) for t in range(steps))
+    """Σ_{t < steps} of IDInvert's lr (ganinv.methods.idinvert.lr_factor)."""
+    return sum(lr * lr_factor(t, decay, every) for t in range(steps))
 
 
 def last_bn(state):
     """(γ, β) [n_latent · D] of the encoder's last BN in an export's ``state_dict``."""
-    names = sorted({k.rsplit(".bn.bn.", 1)[0] for k in state if k.startswith("encoder.block") and ".bn.bn." in k},
-                   key=lambda k: int(k.removeprefix("encoder.block").split(".")[0]))
-    if not names:
+    blocks = [int(k.split(".")[1].removeprefix("block")) for k in state
+              if k.startswith("encoder.block") and k.endswith(".bn.bn.weight")]
+    if not blocks:
         raise ValueError("export: no encoder.block<i>.bn.bn.* keys (not an IDInvert encoder with BN)")
-    return state[f"{names[-1]}.bn.bn.weight"], state[f"{names[-1]}.bn.bn.bias"]
+    prefix = f"encoder.block{max(blocks)}.bn.bn"
+    return state[f"{prefix}.weight"], state[f"{prefix}.bias"]
 
 
 def rows(sweep_dir):
@@ -46,21 +48,20 @@ def rows(sweep_dir):
         raise FileNotFoundError(f"{run / 'snapshots'}: no step_*.pt exports (run curves.py --methods idinvert first)")
     cfg = OmegaConf.load(run / ".hydra" / "config.yaml")
     module, steps = cfg.method.module, int(cfg.trainer.max_steps)
-    every = module.decay_every or max(1, steps // 4)
+    every = decay_interval(module.decay_every, steps)
     w = load_torch(Path(sweep_dir) / "shared" / "w_ref.pt", "sweep reference codes")  # [N, D]
     mu, sigma = w.mean(0), w.std(0)
-    total = lr_sum(module.lr, module.lr_decay, every, steps)
+    w_stats = {"sigma_w_mean": sigma.mean().item(), "mu_rms": mu.pow(2).mean().sqrt().item(),
+               "lr_sum_schedule": lr_sum(module.lr, module.lr_decay, every, steps)}
     out = []
     for snap in snaps:
         step = int(snap.stem.removeprefix("step_"))
         gamma, beta = last_bn(load_torch(snap, "IDInvert export")["state_dict"])
         beta = beta.view(-1, mu.numel())
-        out.append({"step": step,
-                    "gamma_mean": gamma.mean().item(), "sigma_w_mean": sigma.mean().item(),
+        out.append({"step": step, "gamma_mean": gamma.mean().item(),
                     "beta_minus_mu_rms": (beta - mu).pow(2).mean().sqrt().item(),
-                    "mu_rms": mu.pow(2).mean().sqrt().item(),
                     "beta_moved_rms": beta.pow(2).mean().sqrt().item(),
-                    "lr_sum": lr_sum(module.lr, module.lr_decay, every, step), "lr_sum_schedule": total})
+                    "lr_sum": lr_sum(module.lr, module.lr_decay, every, step), **w_stats})
     return out
 
 

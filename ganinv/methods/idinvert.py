@@ -19,6 +19,16 @@ from .base import step_uncounted
 from .encoder import EncoderMethod
 
 
+def decay_interval(decay_every, max_steps):
+    """Iterations per ×lr_decay: ``decay_every``, or a quarter of ``max_steps`` (official max_iters // 4)."""
+    return decay_every or max(1, max_steps // 4)
+
+
+def lr_factor(it, lr_decay, every):
+    """The lr multiplier at iteration ``it``: lr_decay^(it / every), continuous (TF staircase=False)."""
+    return lr_decay ** (it / every)
+
+
 class IDInvert(EncoderMethod):
     """IDInvert's domain-guided encoder on top of :class:`EncoderMethod`, trained as in the module
     docstring. Each argument is described where it is declared in ``__init__``.
@@ -102,9 +112,9 @@ class IDInvert(EncoderMethod):
 
     def configure_optimizers(self):
         hp = self.hparams
-        every = hp.decay_every or max(1, (self.trainer.max_steps if self.trainer else 4) // 4)
+        every = decay_interval(hp.decay_every, self.trainer.max_steps if self.trainer else 4)
         opt_e = torch.optim.Adam(self.encoder.parameters(), lr=hp.lr, betas=(0.9, 0.99), eps=1e-8)
         opt_d = torch.optim.Adam(self.discriminator.parameters(), lr=hp.lr_d, betas=(0.9, 0.99), eps=1e-8)
-        decay = lambda it: hp.lr_decay ** (it / every)  # noqa: E731  (continuous, TF staircase=False)
-        scheds = [torch.optim.lr_scheduler.LambdaLR(o, decay) for o in (opt_e, opt_d)]
+        scheds = [torch.optim.lr_scheduler.LambdaLR(o, lambda it: lr_factor(it, hp.lr_decay, every))
+                  for o in (opt_e, opt_d)]
         return [opt_e, opt_d], [{"scheduler": s, "interval": "step"} for s in scheds]
